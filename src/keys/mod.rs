@@ -1,0 +1,1 @@
+//! Keys: batches of registration IDs, derivation, and verification of keys made elsewhere.
