@@ -26,16 +26,23 @@ pub struct GroupKeyArgs {
 impl GroupKeyArgs {
     /// True when some source was named (flag or environment).
     pub fn is_given(&self) -> bool {
-        self.group_key_file.is_some() || self.group_key_stdin || std::env::var_os(GROUP_KEY_ENV).is_some()
+        self.group_key_file.is_some()
+            || self.group_key_stdin
+            || std::env::var_os(GROUP_KEY_ENV).is_some()
     }
 
     /// Reads and validates the group key from the chosen source.
     pub fn read(&self) -> Result<GroupKey> {
         let (text, field) = if let Some(path) = &self.group_key_file {
-            (read_secret_file(path, "--group-key-file")?, "group key (--group-key-file)")
+            (
+                read_secret_file(path, "--group-key-file")?,
+                "group key (--group-key-file)",
+            )
         } else if self.group_key_stdin {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("group key: cannot read standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("group key: cannot read standard input")?;
             (s, "group key (stdin)")
         } else if let Ok(v) = std::env::var(GROUP_KEY_ENV) {
             (v, "group key (DPSKIT_GROUP_KEY)")
@@ -48,8 +55,7 @@ impl GroupKeyArgs {
 
 /// Reads a small secret file, naming `flag` in every error.
 pub fn read_secret_file(path: &Path, flag: &str) -> Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("{flag}: cannot read {}", path.display()))
+    std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
 /// Writes `bytes` to `path` with mode 0600, atomically: a crash leaves the old file or none.
@@ -60,9 +66,18 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes `bytes` to `path` atomically (temp file in the same folder, then rename).
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

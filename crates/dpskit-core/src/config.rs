@@ -92,10 +92,16 @@ impl fmt::Debug for DeviceConfig {
             .field("id_scope", &self.id_scope)
             .field("registration_id", &self.registration_id)
             .field("device_key", &self.device_key)
-            .field("root_ca_pem", &format_args!("<{} bytes>", self.root_ca_pem.len()))
+            .field(
+                "root_ca_pem",
+                &format_args!("<{} bytes>", self.root_ca_pem.len()),
+            )
             .field("dps_host", &self.dps_host)
             .field("wifi_ssid", &self.wifi_ssid)
-            .field("wifi_password", &self.wifi_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "wifi_password",
+                &self.wifi_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -106,7 +112,10 @@ impl DeviceConfig {
         let mut out = vec![
             (keys::SCHEMA, Value::U8(SCHEMA_VERSION)),
             (keys::ID_SCOPE, Value::Str(self.id_scope.to_string())),
-            (keys::REGISTRATION_ID, Value::Str(self.registration_id.to_string())),
+            (
+                keys::REGISTRATION_ID,
+                Value::Str(self.registration_id.to_string()),
+            ),
             (keys::DEVICE_KEY, Value::Str(self.device_key.to_base64())),
             (keys::DPS_HOST, Value::Str(self.dps_host.clone())),
             (keys::ROOT_CA, Value::Str(self.root_ca_pem.clone())),
@@ -125,7 +134,9 @@ impl DeviceConfig {
     }
 
     /// Rebuilds a config from stored values; `get` looks a key up in [`NAMESPACE`].
-    pub fn from_lookup(mut get: impl FnMut(&'static str) -> Option<Value>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        mut get: impl FnMut(&'static str) -> Option<Value>,
+    ) -> Result<Self, ConfigError> {
         let mut string = |key: &'static str| -> Result<Option<String>, ConfigError> {
             match get(key) {
                 None => Ok(None),
@@ -148,10 +159,16 @@ impl DeviceConfig {
             None => return Err(ConfigError::Missing(keys::SCHEMA)),
         }
         let id_scope = IdScope::parse(&scope)
-            .map_err(|e| ConfigError::Invalid { key: keys::ID_SCOPE, reason: e.to_string() })?
+            .map_err(|e| ConfigError::Invalid {
+                key: keys::ID_SCOPE,
+                reason: e.to_string(),
+            })?
             .0;
-        let registration_id = RegistrationId::parse(&reg, true)
-            .map_err(|e| ConfigError::Invalid { key: keys::REGISTRATION_ID, reason: e.to_string() })?;
+        let registration_id =
+            RegistrationId::parse(&reg, true).map_err(|e| ConfigError::Invalid {
+                key: keys::REGISTRATION_ID,
+                reason: e.to_string(),
+            })?;
         let device_key = DeviceKey::parse(&key, "device_key").map_err(ConfigError::Key)?;
         let cfg = DeviceConfig {
             id_scope,
@@ -230,7 +247,10 @@ pub fn check_nvs_entry(key: &str, value: &Value) -> Result<(), ConfigError> {
             });
         }
         if s.contains('\0') {
-            return Err(ConfigError::Invalid { key: static_key, reason: "contains a NUL byte".into() });
+            return Err(ConfigError::Invalid {
+                key: static_key,
+                reason: "contains a NUL byte".into(),
+            });
         }
     }
     Ok(())
@@ -251,6 +271,8 @@ fn static_key_name(key: &str) -> &'static str {
     .find(|k| *k == key)
     .unwrap_or("key")
 }
+
+impl core::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {
@@ -287,10 +309,16 @@ mod tests {
         map.remove(keys::DEVICE_KEY);
         let e = DeviceConfig::from_lookup(|k| map.get(k).cloned()).unwrap_err();
         assert_eq!(e, ConfigError::Missing(keys::DEVICE_KEY));
-        map.insert(keys::DEVICE_KEY, Value::Str("SharedAccessSignature sr=x&sig=y&se=1".into()));
+        map.insert(
+            keys::DEVICE_KEY,
+            Value::Str("SharedAccessSignature sr=x&sig=y&se=1".into()),
+        );
         let e = DeviceConfig::from_lookup(|k| map.get(k).cloned()).unwrap_err();
         assert!(e.to_string().contains("SAS token"), "{e}");
-        map.insert(keys::DEVICE_KEY, Value::Str(DeviceKey::from_bytes([3; 32]).to_base64()));
+        map.insert(
+            keys::DEVICE_KEY,
+            Value::Str(DeviceKey::from_bytes([3; 32]).to_base64()),
+        );
         map.insert(keys::SCHEMA, Value::U8(9));
         assert_eq!(
             DeviceConfig::from_lookup(|k| map.get(k).cloned()).unwrap_err(),

@@ -13,11 +13,26 @@ pub const MAX_REGISTRATION_ID_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdError {
-    Empty { field: &'static str },
-    TooLong { field: &'static str, len: usize },
-    BadChar { field: &'static str, value: String, ch: char },
-    BadLastChar { field: &'static str, value: String },
-    UpperCase { field: &'static str, value: String },
+    Empty {
+        field: &'static str,
+    },
+    TooLong {
+        field: &'static str,
+        len: usize,
+    },
+    BadChar {
+        field: &'static str,
+        value: String,
+        ch: char,
+    },
+    BadLastChar {
+        field: &'static str,
+        value: String,
+    },
+    UpperCase {
+        field: &'static str,
+        value: String,
+    },
 }
 
 impl fmt::Display for IdError {
@@ -64,14 +79,24 @@ impl RegistrationId {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
         {
-            return Err(IdError::BadChar { field, value: value.into(), ch });
+            return Err(IdError::BadChar {
+                field,
+                value: value.into(),
+                ch,
+            });
         }
         let last = value.chars().last().unwrap_or('-');
         if !(last.is_ascii_alphanumeric() || last == '-') {
-            return Err(IdError::BadLastChar { field, value: value.into() });
+            return Err(IdError::BadLastChar {
+                field,
+                value: value.into(),
+            });
         }
         if !allow_uppercase && value.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(IdError::UpperCase { field, value: value.into() });
+            return Err(IdError::UpperCase {
+                field,
+                value: value.into(),
+            });
         }
         Ok(RegistrationId(value.into()))
     }
@@ -138,6 +163,10 @@ impl fmt::Display for IdScope {
     }
 }
 
+impl core::error::Error for IdError {}
+
+impl core::error::Error for ScopeError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,13 +175,28 @@ mod tests {
     fn registration_ids() {
         assert!(RegistrationId::parse("sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6", false).is_ok());
         assert!(RegistrationId::parse("dev.1_a:b-", false).is_ok());
-        assert!(matches!(RegistrationId::parse("", false), Err(IdError::Empty { .. })));
+        assert!(matches!(
+            RegistrationId::parse("", false),
+            Err(IdError::Empty { .. })
+        ));
         let long = "a".repeat(129);
-        assert!(matches!(RegistrationId::parse(&long, false), Err(IdError::TooLong { len: 129, .. })));
+        assert!(matches!(
+            RegistrationId::parse(&long, false),
+            Err(IdError::TooLong { len: 129, .. })
+        ));
         assert!(RegistrationId::parse(&"a".repeat(128), false).is_ok());
-        assert!(matches!(RegistrationId::parse("a b", false), Err(IdError::BadChar { ch: ' ', .. })));
-        assert!(matches!(RegistrationId::parse("a/b", false), Err(IdError::BadChar { ch: '/', .. })));
-        assert!(matches!(RegistrationId::parse("ab.", false), Err(IdError::BadLastChar { .. })));
+        assert!(matches!(
+            RegistrationId::parse("a b", false),
+            Err(IdError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            RegistrationId::parse("a/b", false),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
+        assert!(matches!(
+            RegistrationId::parse("ab.", false),
+            Err(IdError::BadLastChar { .. })
+        ));
         let e = RegistrationId::parse("SN-1", false).unwrap_err();
         assert!(e.to_string().contains("\"sn-1\""));
         assert!(RegistrationId::parse("SN-1", true).is_ok());

@@ -20,12 +20,29 @@ type HmacSha256 = Hmac<Sha256>;
 /// Why a text is not a usable key. `Display` gives one line that names `field` and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
-    Empty { field: &'static str },
-    SasToken { field: &'static str },
-    ConnectionString { field: &'static str },
-    NotBase64 { field: &'static str, detail: String },
-    BadLength { field: &'static str, len: usize, min: usize, max: usize },
-    LooksLikeGroupKey { field: &'static str, len: usize },
+    Empty {
+        field: &'static str,
+    },
+    SasToken {
+        field: &'static str,
+    },
+    ConnectionString {
+        field: &'static str,
+    },
+    NotBase64 {
+        field: &'static str,
+        detail: String,
+    },
+    BadLength {
+        field: &'static str,
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    LooksLikeGroupKey {
+        field: &'static str,
+        len: usize,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -72,32 +89,50 @@ fn classify_non_key(text: &str, field: &'static str) -> Option<KeyError> {
     if text.is_empty() {
         return Some(KeyError::Empty { field });
     }
-    if text.starts_with("SharedAccessSignature") || text.contains("&sig=") || text.starts_with("sr=")
+    if text.starts_with("SharedAccessSignature")
+        || text.contains("&sig=")
+        || text.starts_with("sr=")
     {
         return Some(KeyError::SasToken { field });
     }
     let lower = text.to_ascii_lowercase();
-    if lower.contains("hostname=") || lower.contains("sharedaccesskey=") || lower.contains("deviceid=")
+    if lower.contains("hostname=")
+        || lower.contains("sharedaccesskey=")
+        || lower.contains("deviceid=")
     {
         return Some(KeyError::ConnectionString { field });
     }
     None
 }
 
-fn decode_key(text: &str, field: &'static str, min: usize, max: usize) -> Result<Vec<u8>, KeyError> {
+fn decode_key(
+    text: &str,
+    field: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<Vec<u8>, KeyError> {
     let text = clean_key_text(text);
     if let Some(e) = classify_non_key(text, field) {
         return Err(e);
     }
     if let Some(c) = text.chars().find(|c| c.is_whitespace()) {
         let _ = c;
-        return Err(KeyError::NotBase64 { field, detail: String::from("contains whitespace") });
+        return Err(KeyError::NotBase64 {
+            field,
+            detail: String::from("contains whitespace"),
+        });
     }
-    let bytes = B64
-        .decode(text)
-        .map_err(|e| KeyError::NotBase64 { field, detail: format!("{e}") })?;
+    let bytes = B64.decode(text).map_err(|e| KeyError::NotBase64 {
+        field,
+        detail: format!("{e}"),
+    })?;
     if bytes.len() < min || bytes.len() > max {
-        return Err(KeyError::BadLength { field, len: bytes.len(), min, max });
+        return Err(KeyError::BadLength {
+            field,
+            len: bytes.len(),
+            min,
+            max,
+        });
     }
     Ok(bytes)
 }
@@ -146,10 +181,14 @@ impl DeviceKey {
     /// Parses a derived device key; refuses SAS tokens, connection strings and group keys.
     pub fn parse(text: &str, field: &'static str) -> Result<Self, KeyError> {
         let bytes = decode_key(text, field, 16, 64)?;
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::LooksLikeGroupKey { field, len: bytes.len() })?;
+        let arr: [u8; 32] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| KeyError::LooksLikeGroupKey {
+                    field,
+                    len: bytes.len(),
+                })?;
         Ok(DeviceKey(arr))
     }
 
@@ -205,6 +244,8 @@ pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+impl core::error::Error for KeyError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +259,10 @@ mod tests {
     #[test]
     fn microsoft_vectors() {
         let g = GroupKey::parse(V1_GROUP, "group key").unwrap();
-        assert_eq!(g.derive(V1_ID).to_base64(), "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc=");
+        assert_eq!(
+            g.derive(V1_ID).to_base64(),
+            "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc="
+        );
         let g2 = GroupKey::parse(V2_GROUP, "group key").unwrap();
         assert_eq!(
             g2.derive("contoso-simdevice-east").to_base64(),
@@ -259,14 +303,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, KeyError::ConnectionString { .. }));
-        assert!(matches!(GroupKey::parse("", "g").unwrap_err(), KeyError::Empty { .. }));
-        assert!(matches!(GroupKey::parse("!!!!", "g").unwrap_err(), KeyError::NotBase64 { .. }));
+        assert!(matches!(
+            GroupKey::parse("", "g").unwrap_err(),
+            KeyError::Empty { .. }
+        ));
+        assert!(matches!(
+            GroupKey::parse("!!!!", "g").unwrap_err(),
+            KeyError::NotBase64 { .. }
+        ));
         assert!(matches!(
             GroupKey::parse("AAAA", "g").unwrap_err(),
             KeyError::BadLength { len: 3, .. }
         ));
         let long = B64.encode([7u8; 65]);
-        assert!(matches!(GroupKey::parse(&long, "g").unwrap_err(), KeyError::BadLength { len: 65, .. }));
+        assert!(matches!(
+            GroupKey::parse(&long, "g").unwrap_err(),
+            KeyError::BadLength { len: 65, .. }
+        ));
         let e = DeviceKey::parse(V1_GROUP, "device key").unwrap_err();
         assert!(matches!(e, KeyError::LooksLikeGroupKey { len: 64, .. }));
         assert!(e.to_string().starts_with("device key: "));

@@ -44,9 +44,14 @@ impl fmt::Display for SasError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SasError::MissingPrefix => {
-                write!(f, "token: must start with 'SharedAccessSignature '; paste the whole token")
+                write!(
+                    f,
+                    "token: must start with 'SharedAccessSignature '; paste the whole token"
+                )
             }
-            SasError::MissingField(n) => write!(f, "token: no '{n}=' field; the token is truncated"),
+            SasError::MissingField(n) => {
+                write!(f, "token: no '{n}=' field; the token is truncated")
+            }
             SasError::BadField(n) => write!(f, "token: field '{n}' is malformed"),
             SasError::DuplicateField(n) => write!(f, "token: field '{n}' appears twice"),
         }
@@ -58,7 +63,12 @@ impl SasToken {
     pub fn generate(key: &DeviceKey, resource: &str, expiry: u64, skn: Option<&str>) -> Self {
         let sr_encoded = url::encode(resource);
         let sig = signature(key, &sr_encoded, expiry);
-        SasToken { sr_encoded, sig_base64: sig, expiry, skn: skn.map(ToString::to_string) }
+        SasToken {
+            sr_encoded,
+            sig_base64: sig,
+            expiry,
+            skn: skn.map(ToString::to_string),
+        }
     }
 
     /// The decoded resource URI (`sr`).
@@ -68,7 +78,10 @@ impl SasToken {
 
     /// Parses `SharedAccessSignature sr=…&sig=…&se=…[&skn=…]` (fields in any order).
     pub fn parse(token: &str) -> Result<Self, SasError> {
-        let body = token.trim().strip_prefix("SharedAccessSignature ").ok_or(SasError::MissingPrefix)?;
+        let body = token
+            .trim()
+            .strip_prefix("SharedAccessSignature ")
+            .ok_or(SasError::MissingPrefix)?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for part in body.split('&') {
             let (k, v) = part.split_once('=').ok_or(SasError::BadField("field"))?;
@@ -101,7 +114,12 @@ impl SasToken {
         if url::decode(sr).is_none() {
             return Err(SasError::BadField("sr"));
         }
-        Ok(SasToken { sr_encoded: sr.to_string(), sig_base64, expiry, skn })
+        Ok(SasToken {
+            sr_encoded: sr.to_string(),
+            sig_base64,
+            expiry,
+            skn,
+        })
     }
 
     /// True when the signature is `key`'s over `sr` exactly as received.
@@ -138,6 +156,8 @@ fn signature(key: &DeviceKey, sr_encoded: &str, expiry: u64) -> String {
     B64.encode(key.sign(to_sign.as_bytes()))
 }
 
+impl core::error::Error for SasError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,15 +172,26 @@ mod tests {
             .decode("18RQk/hOPJR9EbsJlk2j8WA6vWaj/yi+oaYg7zmxfQNdOyMSu+SJ8O7TSlZhDJCYmn4rzEiVKIzNiVAWjLxrGA==")
             .unwrap();
         let sr = url::encode("MyExampleHub.azure-devices.net/devices/my-symkey-device");
-        let sig = B64.encode(crate::key::hmac_sha256(&key, format!("{sr}\n1663119026").as_bytes()));
-        let token = format!("SharedAccessSignature sr={sr}&sig={}&se=1663119026", url::encode(&sig));
+        let sig = B64.encode(crate::key::hmac_sha256(
+            &key,
+            format!("{sr}\n1663119026").as_bytes(),
+        ));
+        let token = format!(
+            "SharedAccessSignature sr={sr}&sig={}&se=1663119026",
+            url::encode(&sig)
+        );
         assert_eq!(token, "SharedAccessSignature sr=MyExampleHub.azure-devices.net%2Fdevices%2Fmy-symkey-device&sig=f%2BwW8XOKeJOtiPc9Iwjc4OpExvPM7NlhM9qxN2a1aAM%3D&se=1663119026");
     }
 
     #[test]
     fn dps_and_hub_vectors() {
         let key = DeviceKey::parse(V1_DEVICE, "k").unwrap();
-        let t = SasToken::generate(&key, &dps_resource("0ne00000000", V1_ID), 1_700_000_000, None);
+        let t = SasToken::generate(
+            &key,
+            &dps_resource("0ne00000000", V1_ID),
+            1_700_000_000,
+            None,
+        );
         assert_eq!(
             t.to_string(),
             "SharedAccessSignature sr=0ne00000000%2Fregistrations%2Fsn-007-888-abc-mac-a1-b2-c3-d4-e5-f6&sig=UcaBdA4L3Se7NlFQZcBFRndkqyymINWtRUmVT5QYWng%3D&se=1700000000"
@@ -171,14 +202,19 @@ mod tests {
             1_700_000_000,
             None,
         );
-        assert!(h.to_string().contains("&sig=tPZ623IifpFm%2BRIARy2du9tPkfGB%2Fbk8pzj0ebs%2FiHo%3D&"));
+        assert!(h
+            .to_string()
+            .contains("&sig=tPZ623IifpFm%2BRIARy2du9tPkfGB%2Fbk8pzj0ebs%2FiHo%3D&"));
     }
 
     #[test]
     fn lower_case_escapes_sign_differently_and_verify_as_sent() {
         let key = DeviceKey::parse(V1_DEVICE, "k").unwrap();
         let sr = "0ne00000000%2fregistrations%2fsn-007-888-abc-mac-a1-b2-c3-d4-e5-f6";
-        assert_eq!(signature(&key, sr, 1_700_000_000), "zbIlOWEYoHGEP2MF6mr2reJR+toDRTIOMfzOZMhYfeQ=");
+        assert_eq!(
+            signature(&key, sr, 1_700_000_000),
+            "zbIlOWEYoHGEP2MF6mr2reJR+toDRTIOMfzOZMhYfeQ="
+        );
         let wire = format!(
             "SharedAccessSignature sr={sr}&sig={}&se=1700000000&skn=registration",
             url::encode("zbIlOWEYoHGEP2MF6mr2reJR+toDRTIOMfzOZMhYfeQ=")
@@ -193,7 +229,10 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert_eq!(SasToken::parse("sr=a&sig=b&se=1"), Err(SasError::MissingPrefix));
+        assert_eq!(
+            SasToken::parse("sr=a&sig=b&se=1"),
+            Err(SasError::MissingPrefix)
+        );
         assert_eq!(
             SasToken::parse("SharedAccessSignature sr=a&se=1"),
             Err(SasError::MissingField("sig"))

@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn encodes_like_the_python_sdk() {
-        assert_eq!(encode("0ne00000000/registrations/a-b"), "0ne00000000%2Fregistrations%2Fa-b");
+        assert_eq!(
+            encode("0ne00000000/registrations/a-b"),
+            "0ne00000000%2Fregistrations%2Fa-b"
+        );
         assert_eq!(encode("a+b/c="), "a%2Bb%2Fc%3D");
     }
 
