@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod board;
 pub mod config;
 pub mod keys;
 pub mod sim;
@@ -28,6 +29,12 @@ pub enum Command {
     /// Build or decode a board's config blob (an ESP-IDF NVS partition image).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// List serial ports and mark the ones that look like ESP boards.
+    Ports(board::PortsArgs),
+    /// Report what is on a board (chip, PSRAM, security, partitions, firmware, config).
+    Inspect(board::InspectArgs),
+    /// Write a config image into a board's config partition, verified by MD5.
+    WriteConfig(board::WriteConfigArgs),
     /// Start virtual ESP32-S3 boards in ROM download mode on pseudo-terminals.
     Sim(sim::SimArgs),
 }
@@ -51,6 +58,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => keys::verify(a),
         Command::Sas(c) => keys::sas(c),
         Command::Config(c) => config::run(c),
+        Command::Ports(a) => board::ports(a),
+        Command::Inspect(a) => board::inspect(a),
+        Command::WriteConfig(a) => board::write_config(a),
         Command::Sim(a) => sim::run(a),
     }
 }

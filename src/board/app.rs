@@ -1,0 +1,166 @@
+//! Which firmware a board runs: otadata picks the slot, and the app image's `esp_app_desc_t`
+//! (at offset 0x20 of the image) says what it is.
+
+use esp_idf_part::{AppType, DataType, PartitionTable, SubType, Type};
+use serde::Serialize;
+
+/// Bytes to read at the start of an app partition: image header + segment header + descriptor.
+pub const DESCRIPTOR_READ_LEN: u32 = 0x20 + 0x100;
+const APP_DESC_MAGIC: u32 = 0xABCD_5432;
+const ESP32S3_CHIP_ID: u16 = 0x0009;
+
+/// The fields of `esp_app_desc_t` a person needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppDescriptor {
+    pub project_name: String,
+    pub version: String,
+    pub idf_ver: String,
+    pub date: String,
+    pub time: String,
+    pub secure_version: u32,
+    pub chip_id: u16,
+}
+
+/// Parses the first [`DESCRIPTOR_READ_LEN`] bytes of an app partition.
+pub fn parse_descriptor(bytes: &[u8]) -> Result<AppDescriptor, String> {
+    if bytes.len() < DESCRIPTOR_READ_LEN as usize {
+        return Err("app image: too short".into());
+    }
+    if bytes[0] == 0xFF && bytes[..32].iter().all(|b| *b == 0xFF) {
+        return Err("app image: the partition is erased (no firmware)".into());
+    }
+    if bytes[0] != 0xE9 {
+        return Err(format!(
+            "app image: magic {:#04x}, expected 0xE9; not an ESP app image",
+            bytes[0]
+        ));
+    }
+    let chip_id = u16::from_le_bytes([bytes[12], bytes[13]]);
+    let d = &bytes[0x20..0x120];
+    let magic = u32::from_le_bytes(d[0..4].try_into().unwrap());
+    if magic != APP_DESC_MAGIC {
+        return Err("app image: no esp_app_desc_t (magic 0xABCD5432 missing at +0x20); the firmware was built without an app descriptor".into());
+    }
+    let text = |r: std::ops::Range<usize>| {
+        let raw = &d[r];
+        let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    };
+    Ok(AppDescriptor {
+        secure_version: u32::from_le_bytes(d[4..8].try_into().unwrap()),
+        version: text(0x10..0x30),
+        project_name: text(0x30..0x50),
+        time: text(0x50..0x60),
+        date: text(0x60..0x70),
+        idf_ver: text(0x70..0x90),
+        chip_id,
+    })
+}
+
+impl AppDescriptor {
+    pub fn is_for_esp32s3(&self) -> bool {
+        self.chip_id == ESP32S3_CHIP_ID
+    }
+}
+
+/// The sequence number of one otadata sector, if its CRC is valid.
+pub fn otadata_seq(sector: &[u8]) -> Option<u32> {
+    let seq = u32::from_le_bytes(sector.get(0..4)?.try_into().ok()?);
+    let crc = u32::from_le_bytes(sector.get(28..32)?.try_into().ok()?);
+    if seq == u32::MAX {
+        return None;
+    }
+    let mut h = crc32fast::Hasher::new_with_initial(0xFFFF_FFFF);
+    h.update(&seq.to_le_bytes());
+    (h.finalize() == crc).then_some(seq)
+}
+
+/// Which app partition boots: the OTA slot otadata selects, else `factory`, else the first app.
+/// `otadata` is the two 0x1000 sectors of the otadata partition, when the table has one.
+pub fn running_slot(table: &PartitionTable, otadata: Option<&[u8]>) -> Option<(String, u32)> {
+    let apps: Vec<_> = table
+        .partitions()
+        .iter()
+        .filter(|p| p.ty() == Type::App)
+        .collect();
+    let ota_slots: Vec<_> = apps
+        .iter()
+        .filter(|p| matches!(p.subtype(), SubType::App(t) if t != AppType::Factory && t != AppType::Test))
+        .collect();
+    if let Some(data) = otadata {
+        let best = data.chunks(0x1000).take(2).filter_map(otadata_seq).max();
+        if let (Some(seq), false) = (best, ota_slots.is_empty()) {
+            let p = ota_slots[((seq - 1) as usize) % ota_slots.len()];
+            return Some((p.name(), p.offset()));
+        }
+    }
+    apps.iter()
+        .find(|p| p.subtype() == SubType::App(AppType::Factory))
+        .or(apps.first())
+        .map(|p| (p.name(), p.offset()))
+}
+
+/// The otadata partition (data/ota), if the table has one.
+pub fn otadata_partition(table: &PartitionTable) -> Option<(u32, u32)> {
+    table
+        .find_by_subtype(Type::Data, SubType::Data(DataType::Ota))
+        .map(|p| (p.offset(), p.size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(project: &str, version: &str) -> Vec<u8> {
+        let mut b = vec![0u8; DESCRIPTOR_READ_LEN as usize];
+        b[0] = 0xE9;
+        b[12] = 9;
+        b[0x20..0x24].copy_from_slice(&APP_DESC_MAGIC.to_le_bytes());
+        b[0x24] = 3;
+        b[0x30..0x30 + version.len()].copy_from_slice(version.as_bytes());
+        b[0x50..0x50 + project.len()].copy_from_slice(project.as_bytes());
+        b[0x90..0x95].copy_from_slice(b"v5.3.");
+        b
+    }
+
+    #[test]
+    fn descriptor() {
+        let d = parse_descriptor(&image("dpskit-fw", "0.1.0")).unwrap();
+        assert_eq!(
+            (
+                d.project_name.as_str(),
+                d.version.as_str(),
+                d.secure_version
+            ),
+            ("dpskit-fw", "0.1.0", 3)
+        );
+        assert!(d.is_for_esp32s3());
+        assert!(parse_descriptor(&[0xFF; 0x120])
+            .unwrap_err()
+            .contains("erased"));
+        let mut no_desc = image("x", "1");
+        no_desc[0x20] = 0;
+        assert!(parse_descriptor(&no_desc)
+            .unwrap_err()
+            .contains("esp_app_desc_t"));
+    }
+
+    #[test]
+    fn otadata_picks_the_slot() {
+        let csv = "otadata,data,ota,0xd000,0x2000,\nota_0,app,ota_0,0x10000,0x100000,\nota_1,app,ota_1,0x110000,0x100000,\n";
+        let t = PartitionTable::try_from_str(csv).unwrap();
+        let mut od = vec![0xFFu8; 0x2000];
+        assert_eq!(running_slot(&t, Some(&od)).unwrap().0, "ota_0");
+        let seq = 2u32;
+        let mut h = crc32fast::Hasher::new_with_initial(0xFFFF_FFFF);
+        h.update(&seq.to_le_bytes());
+        od[0x1000..0x1004].copy_from_slice(&seq.to_le_bytes());
+        od[0x1000 + 28..0x1000 + 32].copy_from_slice(&h.finalize().to_le_bytes());
+        assert_eq!(
+            running_slot(&t, Some(&od)).unwrap(),
+            ("ota_1".into(), 0x110000)
+        );
+        od[0x1000 + 28] ^= 1;
+        assert_eq!(running_slot(&t, Some(&od)).unwrap().0, "ota_0");
+    }
+}

@@ -1,0 +1,38 @@
+//! indicatif progress bars fed by espflash's progress callbacks.
+
+use espflash::target::ProgressCallbacks;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// One bar for one board's write; hidden when stderr is not a terminal.
+pub struct BarProgress {
+    pub bar: ProgressBar,
+}
+
+impl BarProgress {
+    pub fn new(bar: ProgressBar) -> Self {
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        BarProgress { bar }
+    }
+}
+
+impl ProgressCallbacks for BarProgress {
+    fn init(&mut self, addr: u32, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(0);
+        self.bar.set_message(format!("writing at {addr:#x}"));
+    }
+    fn update(&mut self, current: usize) {
+        self.bar.set_position(current as u64);
+    }
+    fn verifying(&mut self) {
+        self.bar.set_message("verifying (MD5)");
+    }
+    fn finish(&mut self, skipped: bool) {
+        self.bar
+            .set_message(if skipped { "unchanged" } else { "written" });
+    }
+}
