@@ -4,19 +4,33 @@
 //! in the firmware.
 //!
 //! Pipeline order: [`key`] (group key → device key) → [`sas`] (device key → token) →
-//! [`ident`] (what DPS accepts as IDs) → [`config`] (what a board carries).
+//! [`ident`] (what DPS accepts as IDs) → [`config`] (what a board carries); [`diagnosis`]
+//! explains a key that does not match in terms of the mistake that produced it.
+//!
+//! Protocol: [`dps`] (registration) and [`hub`] (telemetry, C2D, methods, twin) are state
+//! machines driven through [`mqtt`] events and actions; [`topic`] is the one copy of the wire
+//! format, shared with the emulator; [`backoff`] paces reconnects.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod backoff;
 pub mod config;
+pub mod diagnosis;
+pub mod dps;
+pub mod hub;
 pub mod ident;
 pub mod key;
+pub mod mqtt;
 pub mod sas;
+pub mod topic;
 mod url;
 
 pub use config::DeviceConfig;
+pub use dps::{Assignment, DpsClient, DpsConfig, DpsError};
+pub use hub::{HubClient, HubConfig, HubError, HubOutput, Message};
 pub use ident::{IdScope, RegistrationId};
 pub use key::{DeviceKey, GroupKey, KeyError};
+pub use mqtt::{Action, ConnectParams, Event, Publish, QoS};
 pub use sas::SasToken;
