@@ -221,15 +221,34 @@ impl BoardLink {
         })
     }
 
-    /// Applies `--after`: a hard reset into the application, or nothing.
+    /// Applies `--after`: a hard reset into the application, or staying in the ROM loader
+    /// (when the stub ran, it is asked to reboot into the ROM loader, as espflash and esptool
+    /// do for "no reset"), so the next tool finds the board in download mode.
     pub fn finish(mut self) -> Result<()> {
-        if self.after == After::HardReset {
-            self.flasher
-                .connection()
-                .reset()
-                .map_err(|e| anyhow!("reset after writing failed ({e}); the data is written and verified — reset the board by hand"))?;
+        match self.after {
+            After::HardReset => self.flasher.connection().reset().map_err(|e| {
+                anyhow!("reset after writing failed ({e}); the data is written and verified — reset the board by hand")
+            }),
+            After::NoReset if self.use_stub => {
+                let conn = self.flasher.connection();
+                conn.with_timeout(CommandType::FlashBegin.timeout(), |c| {
+                    c.command(Command::FlashBegin {
+                        size: 0,
+                        blocks: 0,
+                        block_size: 0x400,
+                        offset: 0,
+                        supports_encryption: false,
+                    })
+                })
+                .and_then(|_| {
+                    conn.with_timeout(CommandType::FlashEnd.timeout(), |c| {
+                        c.write_command(Command::FlashEnd { reboot: true })
+                    })
+                })
+                .map_err(|e| anyhow!("returning the board to its ROM loader failed: {e}"))
+            }
+            After::NoReset => Ok(()),
         }
-        Ok(())
     }
 }
 

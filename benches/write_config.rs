@@ -1,0 +1,74 @@
+//! Time per board for `write-config` (connect → write → MD5 verified → read back → reset) on a
+//! virtual ESP32-S3, with espflash's flasher stub and against the ROM loader directly.
+use criterion::{criterion_group, criterion_main, Criterion};
+use dpskit::board::inspect::ConfigState;
+use dpskit::board::{write, After, Before, BoardLink, LinkOptions};
+use dpskit::sim::{ResetBehaviour, SimBoardConfig, VirtualBoard};
+use dpskit_core::config::DEFAULT_DPS_HOST;
+use dpskit_core::{DeviceConfig, GroupKey, IdScope, RegistrationId};
+use espflash::target::{Chip, DefaultProgressCallback};
+use std::time::Duration;
+
+fn image() -> Vec<u8> {
+    let group = GroupKey::parse(&"A".repeat(88), "bench key").unwrap();
+    let bundle = dpskit::blob::roots::assemble(
+        &dpskit::blob::roots::RootSource::defaults(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let cfg = DeviceConfig {
+        id_scope: IdScope::parse("0ne00ABCDEF").unwrap().0,
+        registration_id: RegistrationId::parse("sn-0001", false).unwrap(),
+        device_key: group.derive("sn-0001"),
+        root_ca_pem: bundle.pem,
+        dps_host: DEFAULT_DPS_HOST.into(),
+        wifi_ssid: None,
+        wifi_password: None,
+    };
+    dpskit::blob::nvs::build_image(&cfg, 0x6000).unwrap()
+}
+
+fn per_board(c: &mut Criterion) {
+    let image = image();
+    let board = VirtualBoard::spawn(SimBoardConfig {
+        reset: ResetBehaviour {
+            reenter_download_after: Some(Duration::from_millis(1)),
+            ..ResetBehaviour::default()
+        },
+        ..SimBoardConfig::default()
+    })
+    .unwrap();
+    let mut g = c.benchmark_group("write_config_per_board");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    for (name, use_stub) in [("stub", true), ("rom", false)] {
+        let opts = LinkOptions {
+            port: board.pty_path().display().to_string(),
+            baud: None,
+            before: Before::NoReset,
+            after: After::NoReset,
+            use_stub,
+            chip: Some(Chip::Esp32s3),
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // The ROM loader leaves download mode after a write; wait for the jig.
+                std::thread::sleep(Duration::from_millis(5));
+                let mut link = BoardLink::open(&opts).unwrap();
+                let out = write::write_config(
+                    &mut link,
+                    0x8000,
+                    "dps_cfg",
+                    &image,
+                    &mut DefaultProgressCallback,
+                )
+                .unwrap();
+                assert!(matches!(out.read_back, ConfigState::Present { .. }));
+                link.finish().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, per_board);
+criterion_main!(benches);

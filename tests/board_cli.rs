@@ -1,0 +1,390 @@
+//! `dpskit inspect` and `dpskit write-config` through the real binary and the real espflash
+//! client, against virtual ESP32-S3 boards on pseudo-terminals (no hardware).
+
+use assert_cmd::Command;
+use dpskit::sim::{
+    ChipKind, EfuseProfile, Faults, Layout, PsramSize, PsramVendor, SimBoardConfig, VirtualBoard,
+};
+use predicates::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+use tempfile::TempDir;
+
+const GROUP: &str =
+    "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
+
+fn dpskit() -> Command {
+    let mut c = Command::cargo_bin("dpskit").unwrap();
+    c.env_remove("DPSKIT_GROUP_KEY");
+    c.timeout(std::time::Duration::from_secs(60));
+    c
+}
+
+/// The board options every test uses: a pty cannot toggle DTR/RTS.
+fn on(board: &VirtualBoard) -> Vec<String> {
+    vec![
+        "--port".into(),
+        board.pty_path().display().to_string(),
+        "--before".into(),
+        "no-reset".into(),
+        "--after".into(),
+        "no-reset".into(),
+    ]
+}
+
+fn board(profile: EfuseProfile, layout: Layout) -> VirtualBoard {
+    VirtualBoard::spawn(SimBoardConfig {
+        profile,
+        layout,
+        ..SimBoardConfig::default()
+    })
+    .unwrap()
+}
+
+fn inspect_json(b: &VirtualBoard, extra: &[&str]) -> (Value, i32) {
+    let out = dpskit()
+        .arg("inspect")
+        .args(on(b))
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, out.status.code().unwrap())
+}
+
+fn build_image(dir: &Path, id: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("{id}.bin"));
+    dpskit()
+        .env("DPSKIT_GROUP_KEY", GROUP)
+        .args([
+            "config",
+            "build",
+            "--id-scope",
+            "0ne00ABCDEF",
+            "--registration-id",
+            id,
+            "-o",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+#[test]
+fn inspect_decodes_psram_profiles() {
+    for (psram, vendor, mb, name) in [
+        (PsramSize::None, PsramVendor::Ap3v3, 0, None),
+        (PsramSize::Mb2, PsramVendor::Ap3v3, 2, Some("AP_3v3")),
+        (PsramSize::Mb8, PsramVendor::Ap3v3, 8, Some("AP_3v3")),
+        (PsramSize::Mb16, PsramVendor::Ap1v8, 16, Some("AP_1v8")),
+    ] {
+        let b = board(
+            EfuseProfile {
+                psram,
+                psram_vendor: vendor,
+                ..EfuseProfile::default()
+            },
+            Layout::Factory,
+        );
+        let (v, code) = inspect_json(&b, &[]);
+        assert_eq!(v["chip"], "esp32s3");
+        assert_eq!(v["embedded"]["psram_mb"], mb, "{v}");
+        assert_eq!(
+            v["embedded"]["psram_vendor"].as_str(),
+            if mb == 0 { None } else { name }
+        );
+        assert_eq!(v["mac"], "34:85:18:00:00:01");
+        let verdicts = v["verdicts"].to_string();
+        if mb == 0 {
+            assert!(
+                verdicts.contains("no embedded PSRAM: TLS needs ~40 KB"),
+                "{verdicts}"
+            );
+            assert_eq!(code, 1);
+        } else {
+            assert!(verdicts.contains(&format!("PSRAM {mb} MB")), "{verdicts}");
+            assert!(v["features"]
+                .to_string()
+                .contains(&format!("Embedded PSRAM {mb}MB ({})", name.unwrap())));
+            assert_eq!(code, 0, "{verdicts}");
+        }
+    }
+}
+
+#[test]
+fn inspect_follows_otadata_to_the_running_app() {
+    let b = board(EfuseProfile::default(), Layout::Ota { slot: 1 });
+    let (v, _) = inspect_json(&b, &[]);
+    assert_eq!(v["app"]["partition"], "ota_1", "{v}");
+    assert_eq!(v["app"]["descriptor"]["Ok"]["project_name"], "dpskit-fw");
+    let factory = board(EfuseProfile::default(), Layout::Factory);
+    let (v, _) = inspect_json(&factory, &[]);
+    assert!(v["app"]["descriptor"]["Ok"]["version"].is_string(), "{v}");
+    let names: Vec<&str> = v["partitions"]["Ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"dps_cfg"), "{names:?}");
+    assert!(v["verdicts"]
+        .to_string()
+        .contains("empty: not provisioned yet"));
+}
+
+#[test]
+fn write_config_then_inspect_reads_it_back_with_and_without_stub() {
+    let dir = TempDir::new().unwrap();
+    for (stub, id) in [(true, "sn-0001"), (false, "sn-0002")] {
+        let b = board(EfuseProfile::default(), Layout::Factory);
+        let image = build_image(dir.path(), id);
+        let mut cmd = dpskit();
+        cmd.arg("write-config")
+            .args(on(&b))
+            .arg("--image")
+            .arg(&image);
+        if !stub {
+            cmd.arg("--no-stub");
+        }
+        cmd.assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "board holds {id} (scope 0ne00ABCDEF"
+            )));
+        // The bytes on the virtual flash are the image, padded to the partition.
+        let written = std::fs::read(&image).unwrap();
+        let (off, size) = dps_cfg(&b);
+        let flash = b.read_flash(off, size).unwrap();
+        assert_eq!(&flash[..written.len()], &written[..]);
+        assert!(flash[written.len()..].iter().all(|x| *x == 0xFF));
+        // In ROM mode the loader left download mode; the virtual jig brings it back.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let (v, code) = inspect_json(&b, &["--expect-scope", "0ne00ABCDEF"]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["config"]["state"], "present");
+        assert_eq!(v["config"]["config"]["registration_id"], id);
+        assert_eq!(
+            v["config"]["config"]["root_cas"].as_array().unwrap().len(),
+            2
+        );
+        let (v, code) = inspect_json(&b, &["--expect-scope", "0ne00FFFFFF"]);
+        assert_eq!(code, 1);
+        assert!(v["verdicts"]
+            .to_string()
+            .contains("provisioned for another DPS"));
+    }
+}
+
+fn dps_cfg(b: &VirtualBoard) -> (u32, u32) {
+    let table = dpskit::board::partition::parse(&b.read_flash(0x8000, 0x1000).unwrap()).unwrap();
+    let p = table.find("dps_cfg").unwrap();
+    (p.offset(), p.size())
+}
+
+#[test]
+fn write_config_builds_from_flags_and_leaves_the_rest_of_flash_alone() {
+    let b = board(EfuseProfile::default(), Layout::Factory);
+    let before = b.read_flash(0, b.flash_size()).unwrap();
+    dpskit()
+        .env("DPSKIT_GROUP_KEY", GROUP)
+        .arg("write-config")
+        .args(on(&b))
+        .args(["--id-scope", "0ne00ABCDEF", "--registration-id", "sn-0100"])
+        .assert()
+        .success();
+    let after = b.read_flash(0, b.flash_size()).unwrap();
+    let (off, size) = dps_cfg(&b);
+    let changed: Vec<usize> = (0..before.len())
+        .filter(|i| before[*i] != after[*i])
+        .collect();
+    assert!(!changed.is_empty());
+    assert!(changed
+        .iter()
+        .all(|i| (off as usize..(off + size) as usize).contains(i)));
+    assert!(
+        !String::from_utf8_lossy(&after).contains(GROUP),
+        "the group key must never reach a board"
+    );
+}
+
+#[test]
+fn esptool_reads_back_what_dpskit_wrote() {
+    let dir = TempDir::new().unwrap();
+    let b = board(EfuseProfile::default(), Layout::Factory);
+    let image = build_image(dir.path(), "sn-0003");
+    dpskit()
+        .arg("write-config")
+        .args(on(&b))
+        .arg("--image")
+        .arg(&image)
+        .assert()
+        .success();
+    let (off, _) = dps_cfg(&b);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let out = dir.path().join("readback.bin");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "esptool", "--port"])
+        .arg(b.pty_path())
+        .args(["--before", "no-reset", "--after", "no-reset", "read-flash"])
+        .arg(format!("{off:#x}"))
+        .arg(format!("{len:#x}"))
+        .arg(&out)
+        .output()
+        .expect("python3 missing");
+    assert!(
+        status.status.success(),
+        "esptool failed (pip install esptool): {}\n{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&image).unwrap());
+}
+
+#[test]
+fn bad_boards_and_ports_are_refused_with_reasons() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0004");
+    // Port does not exist.
+    dpskit()
+        .args([
+            "write-config",
+            "--port",
+            "/dev/does-not-exist",
+            "--before",
+            "no-reset",
+            "--image",
+        ])
+        .arg(&image)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not exist"));
+    // Wrong chip.
+    let c3 = board(
+        EfuseProfile {
+            chip: ChipKind::Esp32c3,
+            ..EfuseProfile::default()
+        },
+        Layout::Factory,
+    );
+    dpskit()
+        .arg("write-config")
+        .args(on(&c3))
+        .arg("--image")
+        .arg(&image)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--chip"));
+    // Not in download mode / not answering.
+    let silent = VirtualBoard::spawn(SimBoardConfig {
+        faults: Faults {
+            stall_after_commands: Some(0),
+            ..Faults::default()
+        },
+        ..SimBoardConfig::default()
+    })
+    .unwrap();
+    dpskit()
+        .arg("write-config")
+        .args(on(&silent))
+        .arg("--image")
+        .arg(&image)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no ESP bootloader answered"));
+    // Not an NVS image: refused before the port is touched.
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, vec![0x5Au8; 0x6000]).unwrap();
+    let b = board(EfuseProfile::default(), Layout::Factory);
+    dpskit()
+        .arg("write-config")
+        .args(on(&b))
+        .arg("--image")
+        .arg(&junk)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--image"));
+    assert_eq!(
+        b.stats().commands,
+        0,
+        "nothing may reach the board for a bad image"
+    );
+}
+
+fn board_with_table(csv: &str) -> VirtualBoard {
+    VirtualBoard::spawn(SimBoardConfig {
+        partitions_csv: Some(csv.into()),
+        ..SimBoardConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn unsuitable_config_partitions_are_refused_and_nothing_is_written() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0005");
+    for (csv, expect) in [
+        ("nvs,data,nvs,,0x6000,\nfactory,app,factory,0x20000,0x100000,\n", "no partition named \"dps_cfg\""),
+        ("nvs,data,nvs,,0x6000,\ndps_cfg,data,nvs,,0x3000,\nfactory,app,factory,0x20000,0x100000,\n", "--size 0x3000"),
+        ("nvs,data,nvs,,0x6000,\ndps_cfg,data,nvs,,0x6000,encrypted\nfactory,app,factory,0x20000,0x100000,\n", "encrypted"),
+        ("nvs,data,nvs,,0x6000,\ndps_cfg,data,spiffs,,0x6000,\nfactory,app,factory,0x20000,0x100000,\n", "not data/nvs"),
+    ] {
+        let b = board_with_table(csv);
+        let before = b.read_flash(0, b.flash_size()).unwrap();
+        dpskit()
+            .arg("write-config")
+            .args(on(&b))
+            .arg("--image")
+            .arg(&image)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(expect));
+        assert!(b.read_flash(0, b.flash_size()).unwrap() == before, "flash changed for {expect}");
+    }
+}
+
+#[test]
+fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0006");
+    let b = VirtualBoard::spawn(SimBoardConfig::default()).unwrap();
+    // Let connect, detection and the table read through, then cut the line during the write.
+    b.inject(Faults {
+        drop_after_bytes: Some(12_000),
+        ..Faults::default()
+    });
+    dpskit()
+        .arg("write-config")
+        .args(on(&b))
+        .args(["--no-stub", "--image"])
+        .arg(&image)
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("NOT provisioned")
+                .or(predicate::str::contains("stopped answering")),
+        );
+    let corrupt = VirtualBoard::spawn(SimBoardConfig {
+        faults: Faults {
+            corrupt_md5: true,
+            ..Faults::default()
+        },
+        ..SimBoardConfig::default()
+    })
+    .unwrap();
+    dpskit()
+        .arg("write-config")
+        .args(on(&corrupt))
+        .args(["--no-stub", "--image"])
+        .arg(&image)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("NOT provisioned"));
+}
