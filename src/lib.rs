@@ -6,7 +6,13 @@
 
 pub use dpskit_core as core;
 
+pub mod bench;
+pub mod blob;
+pub mod board;
 pub mod cli;
+pub mod cloud;
+pub mod device;
 pub mod error;
 pub mod keys;
 pub mod secrets;
+pub mod sim;
