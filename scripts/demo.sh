@@ -3,8 +3,8 @@
 # their config blobs, written to a virtual ESP32-S3 board and inspected back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --release
-dpskit=target/release/dpskit
+cargo build --quiet
+dpskit=target/debug/dpskit
 work=$(mktemp -d)
 sim_pid=
 cleanup() { [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
@@ -20,3 +20,16 @@ echo "== 2. build sn-0001's config blob (an NVS partition image)"
 $dpskit config build --group-key-file "$work/group.key" --id-scope 0ne00ABCDEF \
     --registration-id sn-0001 -o "$work/sn-0001.bin"
 $dpskit config show "$work/sn-0001.bin"
+
+echo "== 3. start a virtual ESP32-S3 board (ROM download mode on a pseudo-terminal)"
+$dpskit sim --boards 1 --dir "$work/boards" > "$work/sim.out" 2>&1 &
+sim_pid=$!
+for _ in $(seq 50); do grep -q 'download mode' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/sim.out"
+port=$(grep -o '/dev/pts/[0-9]*' "$work/sim.out" | head -1)
+
+echo "== 4. write the blob into the board's dps_cfg partition (MD5-verified, read back)"
+$dpskit write-config --port "$port" --before no-reset --after no-reset --image "$work/sn-0001.bin"
+
+echo "== 5. inspect the board: is it ready for Azure?"
+$dpskit inspect --port "$port" --before no-reset --after no-reset --expect-scope 0ne00ABCDEF
