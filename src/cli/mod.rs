@@ -4,8 +4,11 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod bench;
 pub mod board;
+pub mod cloud;
 pub mod config;
+pub mod device;
 pub mod keys;
 pub mod sim;
 
@@ -37,6 +40,21 @@ pub enum Command {
     WriteConfig(board::WriteConfigArgs),
     /// Start virtual ESP32-S3 boards in ROM download mode on pseudo-terminals.
     Sim(sim::SimArgs),
+    /// Run a virtual device from a config image, or check an image before flashing it.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Run a local DPS + IoT Hub (MQTT over TLS on 127.0.0.1:8883) to rehearse against.
+    Emulate(cloud::EmulateArgs),
+    /// Act as the cloud towards the local emulator: events, C2D, methods, twins, devices.
+    #[command(subcommand)]
+    Cloud(cloud::CloudCommand),
+    /// Start a factory station: write a commented station.toml, manifest.csv, partitions.csv.
+    Init(bench::InitArgs),
+    /// Provision boards in parallel from a station file, recording each in the ledger.
+    Provision(bench::ProvisionArgs),
+    /// Read the station ledger: list, show one board, export for audits.
+    #[command(subcommand)]
+    Ledger(bench::LedgerCommand),
 }
 
 /// Parses the process arguments, runs the command, and maps errors to exit codes.
@@ -62,5 +80,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => board::inspect(a),
         Command::WriteConfig(a) => board::write_config(a),
         Command::Sim(a) => sim::run(a),
+        Command::Device(c) => device::run(c),
+        Command::Emulate(a) => cloud::emulate(a),
+        Command::Cloud(c) => cloud::run(c),
+        Command::Init(a) => bench::init(a),
+        Command::Provision(a) => bench::provision(a),
+        Command::Ledger(c) => bench::ledger(c),
     }
 }
