@@ -680,3 +680,34 @@ fn station_template() {
     assert_eq!(size, dpskit::blob::nvs::DEFAULT_SIZE);
     assert!(v["wifi"]["ssid"].is_string() && v["wifi"]["password_file"].is_string());
 }
+
+#[test]
+fn root_ca_emulator_uses_the_emulators_ca() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let state = dir.path().join("emulator");
+    let out = dir.path().join("cfg.bin");
+    let run = |expect_ok: bool| {
+        let mut c = assert_cmd::Command::cargo_bin("dpskit").unwrap();
+        c.env("DPSKIT_EMULATOR_DIR", &state)
+            .env("DPSKIT_GROUP_KEY", "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==")
+            .args(["config", "build", "--id-scope", "0ne00ABCDEF", "--registration-id", "sn-1", "--root-ca", "emulator", "--dps-host", "localhost", "-o"])
+            .arg(&out);
+        let a = c.assert();
+        if expect_ok {
+            a.success();
+        } else {
+            a.code(2)
+                .stderr(predicates::str::contains("run `dpskit emulate` once"));
+        }
+    };
+    run(false);
+    assert!(!out.exists());
+    dpskit::cloud::certs::load_or_create(&state, &[]).unwrap();
+    run(true);
+    let cfg = dpskit::blob::nvs::decode_image(&std::fs::read(&out).unwrap()).unwrap();
+    let ca = std::fs::read_to_string(dpskit::cloud::ca_path(&state)).unwrap();
+    assert!(
+        cfg.root_ca_pem.contains(ca.lines().nth(1).unwrap()),
+        "the emulator CA must be in the image"
+    );
+}

@@ -132,6 +132,24 @@ fn wifi_password(a: &ConfigFields) -> Result<Option<String>> {
     Ok(Some(text.to_string()))
 }
 
+/// A `--root-ca` value: `emulator` (the local emulator's CA, from its state directory), a
+/// bundled name, or a file.
+fn root_source(arg: &str) -> Result<RootSource> {
+    if arg.eq_ignore_ascii_case("emulator") {
+        let dir = crate::cloud::default_state_dir();
+        let path = crate::cloud::ca_path(&dir);
+        if !path.exists() {
+            bail!(
+                "--root-ca emulator: no emulator CA at {}; run `dpskit emulate` once (it creates the CA), or set {} to its --state-dir",
+                path.display(),
+                crate::cloud::STATE_DIR_ENV
+            );
+        }
+        return Ok(RootSource::File(path));
+    }
+    RootSource::parse(arg)
+}
+
 /// A validated, encoded config image and what went into it.
 pub struct BuiltImage {
     pub image: Vec<u8>,
@@ -161,13 +179,12 @@ pub fn build_image(a: &ConfigFields) -> Result<BuiltImage> {
     warnings.extend(scope_warning);
     let registration_id = RegistrationId::parse(reg, a.allow_uppercase)
         .map_err(|e| anyhow!("--registration-id: {e}"))?;
-    // The hook for names other modules resolve (the emulator's CA) goes here, before parse.
     let sources = if a.root_ca.is_empty() {
         RootSource::defaults()
     } else {
         a.root_ca
             .iter()
-            .map(|s| RootSource::parse(s))
+            .map(|s| root_source(s))
             .collect::<Result<Vec<_>>>()?
     };
     let bundle = roots::assemble(&sources, now)?;
