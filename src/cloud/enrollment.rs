@@ -11,7 +11,6 @@ use crate::secrets::read_secret_file;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use dpskit_core::diagnosis::Mistake;
 use dpskit_core::sas::{dps_resource, hub_resource};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, SasToken};
 use serde::Deserialize;
@@ -419,24 +418,7 @@ fn signature_key(
         }
     }
     // A device key derived from a mistaken spelling of the ID (pitfall P3).
-    let mut variants: Vec<(Vec<u8>, Mistake)> = vec![
-        (format!("{id}\n").into_bytes(), Mistake::TrailingNewline),
-        (format!("{id}\r\n").into_bytes(), Mistake::TrailingCrLf),
-        (
-            id.encode_utf16().flat_map(u16::to_le_bytes).collect(),
-            Mistake::Utf16Le,
-        ),
-        (format!(" {id}").into_bytes(), Mistake::SurroundingSpace),
-        (format!("{id} ").into_bytes(), Mistake::SurroundingSpace),
-    ];
-    for spelled in [id.to_ascii_lowercase(), id.to_ascii_uppercase()] {
-        if spelled != id {
-            variants.push((
-                spelled.clone().into_bytes(),
-                Mistake::DifferentCase { hashed: spelled },
-            ));
-        }
-    }
+    let variants = dpskit_core::diagnosis::id_spelling_mistakes(id);
     for g in std::iter::once(&group.primary).chain(group.secondary.as_ref()) {
         for (bytes, mistake) in &variants {
             if token.verify(&g.derive_bytes(bytes)) {

@@ -110,33 +110,7 @@ pub fn check_device_key(
     if key.ct_eq(&primary.derive(id)) {
         return KeyCheck::Match;
     }
-    let mut candidates: Vec<(Vec<u8>, Mistake)> = Vec::new();
-    let mut with = |suffix: &str, m: Mistake| {
-        let mut v = Vec::from(id.as_bytes());
-        v.extend_from_slice(suffix.as_bytes());
-        candidates.push((v, m));
-    };
-    with("\n", Mistake::TrailingNewline);
-    with("\r\n", Mistake::TrailingCrLf);
-    candidates.push((
-        id.encode_utf16().flat_map(u16::to_le_bytes).collect(),
-        Mistake::Utf16Le,
-    ));
-    for spelled in [id.to_ascii_lowercase(), id.to_ascii_uppercase()] {
-        if spelled != id {
-            candidates.push((
-                spelled.clone().into_bytes(),
-                Mistake::DifferentCase { hashed: spelled },
-            ));
-        }
-    }
-    for padded in [
-        alloc::format!(" {id}"),
-        alloc::format!("{id} "),
-        alloc::format!(" {id} "),
-    ] {
-        candidates.push((padded.into_bytes(), Mistake::SurroundingSpace));
-    }
+    let candidates = id_spelling_mistakes(id);
     for (bytes, mistake) in candidates {
         if key.ct_eq(&primary.derive_bytes(&bytes)) {
             return KeyCheck::Explained(mistake);
@@ -148,6 +122,39 @@ pub fn check_device_key(
         }
     }
     KeyCheck::Unexplained
+}
+
+/// The byte strings other tools hash by mistake instead of `id`, each with its mistake:
+/// a trailing newline or CR LF, UTF-16LE, another letter case, surrounding spaces.
+pub fn id_spelling_mistakes(id: &str) -> Vec<(Vec<u8>, Mistake)> {
+    let mut out: Vec<(Vec<u8>, Mistake)> = Vec::new();
+    let mut with = |suffix: &str, m: Mistake| {
+        let mut v = Vec::from(id.as_bytes());
+        v.extend_from_slice(suffix.as_bytes());
+        out.push((v, m));
+    };
+    with("\n", Mistake::TrailingNewline);
+    with("\r\n", Mistake::TrailingCrLf);
+    out.push((
+        id.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        Mistake::Utf16Le,
+    ));
+    for spelled in [id.to_ascii_lowercase(), id.to_ascii_uppercase()] {
+        if spelled != id {
+            out.push((
+                spelled.clone().into_bytes(),
+                Mistake::DifferentCase { hashed: spelled },
+            ));
+        }
+    }
+    for padded in [
+        alloc::format!(" {id}"),
+        alloc::format!("{id} "),
+        alloc::format!(" {id} "),
+    ] {
+        out.push((padded.into_bytes(), Mistake::SurroundingSpace));
+    }
+    out
 }
 
 /// The `SharedAccessKey=` value of an IoT Hub connection string, if `text` is one.
