@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# What the firmware build needs beyond Rust: mbedtls-rs compiles mbedTLS from C when the
+# certificate-date hook is on (cmake, clang, libclang for bindgen). Installs only what is missing.
+set -euo pipefail
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+rustup target add riscv32imac-unknown-none-elf >/dev/null
