@@ -11,6 +11,7 @@ pub mod blob;
 pub mod board;
 pub mod cli;
 pub mod cloud;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod keys;

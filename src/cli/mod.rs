@@ -8,6 +8,7 @@ pub mod bench;
 pub mod board;
 pub mod cloud;
 pub mod config;
+pub mod demo;
 pub mod device;
 pub mod keys;
 pub mod sim;
@@ -22,6 +23,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The whole flow on one PC: virtual boards, the factory bench, the emulator, devices.
+    Demo(demo::DemoArgs),
     /// Derive per-device keys from the enrollment group key.
     Derive(keys::DeriveArgs),
     /// Check device keys computed elsewhere (PowerShell, az CLI) and explain mismatches.
@@ -86,5 +89,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => bench::init(a),
         Command::Provision(a) => bench::provision(a),
         Command::Ledger(c) => bench::ledger(c),
+        Command::Demo(a) => demo::run(a),
     }
 }

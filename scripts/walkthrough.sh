@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: a throw-away enrollment group key, three devices,
+# A step-by-step walkthrough of the single-board commands: a throw-away enrollment group key, three devices,
 # their config blobs, written to a virtual ESP32-S3 board and inspected back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
