@@ -1,0 +1,373 @@
+//! `dpskit init`, `dpskit provision`, `dpskit ledger`: the factory bench.
+
+use crate::bench::ledger::{BoardRow, Ledger, Status, EXPORT_COLUMNS};
+use crate::bench::provision::{self, BatchReport, RunOptions};
+use crate::bench::station::{self, Station};
+use crate::bench::{templates, watch};
+use crate::error::CheckFailed;
+use crate::secrets::write_file;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Folder for the new station (created if missing).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Overwrite station.toml, manifest.csv and partitions.csv if they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ProvisionArgs {
+    /// The station file (from `dpskit init`).
+    #[arg(long, default_value = "station.toml", value_name = "FILE")]
+    pub station: PathBuf,
+    /// Provision these ports instead of the station's [ports] (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<String>,
+    /// Line mode: keep running and provision each board as its port appears; Ctrl-C stops.
+    #[arg(long)]
+    pub watch: bool,
+    /// Connect, inspect and check the gates; show the IDs boards would get; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rewrite boards the ledger marks done (same ID), and boards holding a foreign config.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the ledger is: next to the station file, or named directly.
+#[derive(Args, Debug, Clone)]
+pub struct LedgerSource {
+    /// The station file whose ledger to read.
+    #[arg(long, default_value = "station.toml", value_name = "FILE")]
+    pub station: PathBuf,
+    /// Read this ledger file instead.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// One line per board: registration ID, MAC, status.
+    List {
+        #[command(flatten)]
+        source: LedgerSource,
+        /// Only boards with this status (allocated, writing, done, failed).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Everything recorded about one board, with its attempts.
+    Show {
+        #[command(flatten)]
+        source: LedgerSource,
+        /// Registration ID or MAC.
+        board: String,
+    },
+    /// Every board, for audits (no secrets: the ledger holds none).
+    Export {
+        #[command(flatten)]
+        source: LedgerSource,
+        #[arg(long, conflicts_with = "json", required_unless_present = "json")]
+        csv: bool,
+        #[arg(long)]
+        json: bool,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `dpskit init [DIR]`: a commented station.toml, manifest.csv and partitions.csv.
+pub fn init(a: InitArgs) -> Result<()> {
+    let files = [
+        ("station.toml", templates::STATION_TOML),
+        ("manifest.csv", templates::MANIFEST_CSV),
+        ("partitions.csv", templates::PARTITIONS_CSV),
+    ];
+    if a.dir.exists() && !a.dir.is_dir() {
+        bail!(
+            "DIR: {} is a file; give a folder for the new station",
+            a.dir.display()
+        );
+    }
+    let existing: Vec<String> = files
+        .iter()
+        .map(|(name, _)| a.dir.join(name))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() && !a.force {
+        bail!(
+            "init: {} already exist{}; pass --force to overwrite, or pick another folder",
+            existing.join(", "),
+            if existing.len() == 1 { "s" } else { "" }
+        );
+    }
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("DIR: cannot create {}", a.dir.display()))?;
+    for (name, text) in files {
+        write_file(&a.dir.join(name), text.as_bytes(), 0o644)?;
+    }
+    let d = a.dir.display();
+    println!("wrote {d}/station.toml, {d}/manifest.csv and {d}/partitions.csv");
+    println!("next:");
+    println!("  1. edit {d}/station.toml: [dps] id_scope, [group_key], [ids], [gates], [ports]");
+    println!("  2. build the firmware with {d}/partitions.csv (CONFIG_PARTITION_TABLE_CUSTOM=y)");
+    println!("  3. export DPSKIT_GROUP_KEY (or set [group_key] file), then check everything:");
+    println!("       dpskit provision --station {d}/station.toml --dry-run");
+    println!("  4. dpskit provision --station {d}/station.toml   (or --watch on the line)");
+    println!("  5. dpskit ledger export --station {d}/station.toml --csv -o audit.csv");
+    Ok(())
+}
+
+/// `dpskit provision`.
+pub fn provision(a: ProvisionArgs) -> Result<()> {
+    let station = Station::load(&a.station)?;
+    if !a.watch {
+        let missing: Vec<&str> = a
+            .ports
+            .iter()
+            .filter(|p| !Path::new(p).exists())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--port: {} does not exist; list serial ports with `dpskit ports`",
+                missing.join(", ")
+            );
+        }
+    }
+    if a.watch
+        && a.ports.is_empty()
+        && station.ports.usb.is_empty()
+        && station.ports.paths.is_empty()
+    {
+        bail!("[ports]: no usb filters and no paths, so --watch would wait forever; set [ports] usb or paths, or give --port PORT");
+    }
+    for w in &station.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "station {}: ID scope {}, group key from {}, ledger {}{}",
+        station.name,
+        station.id_scope,
+        station.group_key_source,
+        station.ledger_path.display(),
+        if a.dry_run {
+            " (dry run: not written)"
+        } else {
+            ""
+        }
+    );
+    let opts = RunOptions {
+        force: a.force,
+        dry_run: a.dry_run,
+        progress: true,
+    };
+    let stop = watch::install_interrupt_handler();
+    let report = if a.watch {
+        watch::run_watch(&station, &a.ports, opts, stop, Duration::from_millis(100))?
+    } else {
+        let ports = if a.ports.is_empty() {
+            provision::discover_ports(&station.ports, true)
+        } else {
+            a.ports.clone()
+        };
+        if ports.is_empty() {
+            bail!(
+                "[ports]: no serial port matches (usb filters and paths found nothing); plug the boards in, check `dpskit ports`, or give --port PORT"
+            );
+        }
+        provision::run_batch(&station, &ports, opts, stop)?
+    };
+    print_report(&report, a.json)?;
+    let failed = report.failures();
+    if failed > 0 {
+        return Err(CheckFailed(format!(
+            "{failed} of {} board(s) not provisioned; fix what the table says and run again (provisioned boards are skipped)",
+            report.results.len()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn print_report(report: &BatchReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+fn open_ledger(source: &LedgerSource) -> Result<Ledger> {
+    let path = match &source.ledger {
+        Some(p) => p.clone(),
+        None => station::ledger_location(&source.station)?.ledger_path,
+    };
+    Ledger::open_read_only(&path)
+}
+
+/// `dpskit ledger list|show|export`.
+pub fn ledger(c: LedgerCommand) -> Result<()> {
+    match c {
+        LedgerCommand::List { source, status } => {
+            let want = match status.as_deref() {
+                None => None,
+                Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                    anyhow!(
+                        "--status: {s:?} is not a status; use allocated, writing, done or failed"
+                    )
+                })?),
+            };
+            let ledger = open_ledger(&source)?;
+            let rows: Vec<BoardRow> = ledger
+                .list()?
+                .into_iter()
+                .filter(|r| want.is_none_or(|w| r.status == w))
+                .collect();
+            print!("{}", render_list(&rows));
+            Ok(())
+        }
+        LedgerCommand::Show { source, board } => {
+            let ledger = open_ledger(&source)?;
+            let row = ledger
+                .find(&board)?
+                .ok_or_else(|| anyhow!("BOARD: no board {board:?} in the ledger; give a registration ID or MAC from `dpskit ledger list`"))?;
+            for (k, v) in EXPORT_COLUMNS.iter().zip(row.fields()) {
+                println!(
+                    "{:<17} {}",
+                    format!("{k}:"),
+                    if v.is_empty() { "-" } else { &v }
+                );
+            }
+            let attempts = ledger.attempts_for(&row.mac)?;
+            println!("\nattempts ({}):", attempts.len());
+            for at in attempts {
+                println!(
+                    "  {}  {:<10} {:<9} {}{}",
+                    at.at,
+                    at.port,
+                    at.result,
+                    at.duration_ms
+                        .map(|d| format!("{d} ms"))
+                        .unwrap_or_default(),
+                    at.reason.map(|r| format!("  {r}")).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        LedgerCommand::Export {
+            source,
+            csv,
+            json: _,
+            output,
+        } => {
+            let ledger = open_ledger(&source)?;
+            let rows = ledger.list()?;
+            let bytes = if csv {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                w.write_record(EXPORT_COLUMNS)?;
+                for r in &rows {
+                    w.write_record(r.fields())?;
+                }
+                w.into_inner().map_err(|e| anyhow!("CSV: {e}"))?
+            } else {
+                #[derive(serde::Serialize)]
+                struct Export<'a> {
+                    station: &'a str,
+                    exported_at: String,
+                    boards: &'a [BoardRow],
+                }
+                let mut v = serde_json::to_vec_pretty(&Export {
+                    station: ledger.station(),
+                    exported_at: crate::bench::now_rfc3339(),
+                    boards: &rows,
+                })?;
+                v.push(b'\n');
+                v
+            };
+            match output {
+                Some(path) => {
+                    write_file(&path, &bytes, 0o644)
+                        .with_context(|| format!("--output: cannot write {}", path.display()))?;
+                    eprintln!("exported {} board(s) to {}", rows.len(), path.display());
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn render_list(rows: &[BoardRow]) -> String {
+    let headers = [
+        "REGISTRATION ID",
+        "MAC",
+        "STATUS",
+        "FIRMWARE",
+        "UPDATED",
+        "FAILURE",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let fw = match (&r.firmware_project, &r.firmware_version) {
+                (Some(p), Some(v)) => format!("{p} {v}"),
+                _ => "-".into(),
+            };
+            [
+                r.registration_id.clone(),
+                r.mac.clone(),
+                r.status.as_str().into(),
+                fw,
+                r.updated_at.clone(),
+                r.failure.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut w = headers.map(str::len);
+    for c in &cells {
+        for i in 0..5 {
+            w[i] = w[i].max(c[i].len());
+        }
+    }
+    let line = |c: [&str; 6]| {
+        format!(
+            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            a = w[0],
+            b = w[1],
+            c = w[2],
+            d = w[3],
+            e = w[4]
+        )
+        .trim_end()
+        .to_string()
+            + "\n"
+    };
+    let mut s = line(headers);
+    for c in &cells {
+        s += &line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
+    }
+    let done = rows.iter().filter(|r| r.status == Status::Done).count();
+    s += &format!("{} board(s), {done} done\n", rows.len());
+    s
+}
