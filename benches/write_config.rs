@@ -59,6 +59,7 @@ fn per_board(c: &mut Criterion) {
                     0x8000,
                     "dps_cfg",
                     &image,
+                    write::Proof::ReadBack,
                     &mut DefaultProgressCallback,
                 )
                 .unwrap();

@@ -543,8 +543,14 @@ impl<'a> Bench<'a> {
         bar.set_message(format!("{id}: writing"));
         st.link_ok = false;
         let mut progress = BarProgress::new(bar.clone());
-        let outcome =
-            write::write_config(link, s.table_offset, &s.partition, &image, &mut progress)?;
+        let outcome = write::write_config(
+            link,
+            s.table_offset,
+            &s.partition,
+            &image,
+            write::Proof::Md5,
+            &mut progress,
+        )?;
         st.link_ok = true;
         if outcome.md5 != md5 {
             bail!("internal: the verified image is not the one built for {id}; the board is NOT provisioned");

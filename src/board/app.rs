@@ -63,7 +63,10 @@ impl AppDescriptor {
     }
 }
 
-/// The sequence number of one otadata sector, if its CRC is valid.
+/// Bytes of `esp_ota_select_entry_t` at the start of each otadata sector.
+pub const OTA_ENTRY_LEN: u32 = 32;
+
+/// The sequence number of one otadata select entry, if its CRC is valid.
 pub fn otadata_seq(sector: &[u8]) -> Option<u32> {
     let seq = u32::from_le_bytes(sector.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(sector.get(28..32)?.try_into().ok()?);
@@ -76,8 +79,11 @@ pub fn otadata_seq(sector: &[u8]) -> Option<u32> {
 }
 
 /// Which app partition boots: the OTA slot otadata selects, else `factory`, else the first app.
-/// `otadata` is the two 0x1000 sectors of the otadata partition, when the table has one.
-pub fn running_slot(table: &PartitionTable, otadata: Option<&[u8]>) -> Option<(String, u32)> {
+/// `otadata` holds the select entries at the start of otadata's two sectors, when there is one.
+pub fn running_slot<E: AsRef<[u8]>>(
+    table: &PartitionTable,
+    otadata: Option<&[E; 2]>,
+) -> Option<(String, u32)> {
     let apps: Vec<_> = table
         .partitions()
         .iter()
@@ -88,7 +94,7 @@ pub fn running_slot(table: &PartitionTable, otadata: Option<&[u8]>) -> Option<(S
         .filter(|p| matches!(p.subtype(), SubType::App(t) if t != AppType::Factory && t != AppType::Test))
         .collect();
     if let Some(data) = otadata {
-        let best = data.chunks(0x1000).take(2).filter_map(otadata_seq).max();
+        let best = data.iter().filter_map(|e| otadata_seq(e.as_ref())).max();
         if let (Some(seq), false) = (best, ota_slots.is_empty()) {
             let p = ota_slots[((seq - 1) as usize) % ota_slots.len()];
             return Some((p.name(), p.offset()));
@@ -149,18 +155,18 @@ mod tests {
     fn otadata_picks_the_slot() {
         let csv = "otadata,data,ota,0xd000,0x2000,\nota_0,app,ota_0,0x10000,0x100000,\nota_1,app,ota_1,0x110000,0x100000,\n";
         let t = PartitionTable::try_from_str(csv).unwrap();
-        let mut od = vec![0xFFu8; 0x2000];
+        let mut od = [vec![0xFFu8; 32], vec![0xFFu8; 32]];
         assert_eq!(running_slot(&t, Some(&od)).unwrap().0, "ota_0");
         let seq = 2u32;
         let mut h = crc32fast::Hasher::new_with_initial(0xFFFF_FFFF);
         h.update(&seq.to_le_bytes());
-        od[0x1000..0x1004].copy_from_slice(&seq.to_le_bytes());
-        od[0x1000 + 28..0x1000 + 32].copy_from_slice(&h.finalize().to_le_bytes());
+        od[1][..4].copy_from_slice(&seq.to_le_bytes());
+        od[1][28..32].copy_from_slice(&h.finalize().to_le_bytes());
         assert_eq!(
             running_slot(&t, Some(&od)).unwrap(),
             ("ota_1".into(), 0x110000)
         );
-        od[0x1000 + 28] ^= 1;
+        od[1][28] ^= 1;
         assert_eq!(running_slot(&t, Some(&od)).unwrap().0, "ota_0");
     }
 }

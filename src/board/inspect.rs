@@ -155,11 +155,15 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
         Err(e) => report.partitions = Err(e.to_string()),
         Ok(table) => {
             report.partitions = Ok(partition::rows(&table));
+            // Only the 32-byte select entry at the start of each otadata sector matters.
             let otadata = match app::otadata_partition(&table) {
-                Some((off, size)) => Some(link.read_flash(off, size.min(0x2000))?),
+                Some((off, _)) => Some([
+                    link.read_flash(off, app::OTA_ENTRY_LEN)?,
+                    link.read_flash(off + 0x1000, app::OTA_ENTRY_LEN)?,
+                ]),
                 None => None,
             };
-            if let Some((name, offset)) = app::running_slot(&table, otadata.as_deref()) {
+            if let Some((name, offset)) = app::running_slot(&table, otadata.as_ref()) {
                 let head = link.read_flash(offset, app::DESCRIPTOR_READ_LEN)?;
                 report.app = Some(AppSlot {
                     partition: name,
@@ -173,6 +177,9 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
                         partition: expect.config_partition.clone(),
                         reason: e.to_string(),
                     },
+                    Ok(p) if is_erased(link, p.offset(), p.size())? => ConfigState::Empty {
+                        partition: expect.config_partition.clone(),
+                    },
                     Ok(p) => {
                         let bytes = link.read_flash(p.offset(), p.size())?;
                         config_state(&expect.config_partition, &bytes)
@@ -183,6 +190,13 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
     }
     report.verdicts = judge(&report, expect, OffsetDateTime::now_utc());
     Ok(report)
+}
+
+/// Whether a region is all 0xFF, asked of the board's MD5 so an empty partition is not read.
+fn is_erased(link: &mut BoardLink, offset: u32, size: u32) -> Result<bool> {
+    use md5::Digest;
+    let erased: [u8; 16] = md5::Md5::digest(vec![0xFFu8; size as usize]).into();
+    Ok(link.md5(offset, size)? == erased)
 }
 
 fn read_embedded(link: &mut BoardLink) -> Result<EmbeddedMemory> {

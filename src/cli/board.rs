@@ -315,6 +315,7 @@ pub fn write_config(a: WriteConfigArgs) -> Result<()> {
         a.port.partition_table_offset,
         &a.partition,
         &image,
+        write::Proof::ReadBack,
         &mut progress,
     )?;
     progress.bar.finish();
