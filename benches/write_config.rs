@@ -10,7 +10,7 @@ use espflash::target::{Chip, DefaultProgressCallback};
 use std::time::Duration;
 
 fn image() -> Vec<u8> {
-    let group = GroupKey::parse(&"A".repeat(88), "bench key").unwrap();
+    let group = GroupKey::parse(&format!("{}==", "A".repeat(86)), "bench key").unwrap();
     let bundle = dpskit::blob::roots::assemble(
         &dpskit::blob::roots::RootSource::defaults(),
         time::OffsetDateTime::now_utc(),
