@@ -59,7 +59,7 @@ prefix = "sensor"
 chip = "esp32s3"
 min_psram_mb = 2
 min_flash_mb = 4
-firmware_project = "dpskit-fw"
+firmware_project = "dpskit-firmware"
 min_firmware_version = "0.1.0"
 [serial]
 before = "no-reset"

@@ -52,7 +52,7 @@ fn twenty_boards_get_twenty_distinct_verified_ids_and_reruns_change_nothing() {
         .all(|r| r.chip.as_deref() == Some("esp32s3") && r.psram_mb == Some(8)));
     assert!(rows
         .iter()
-        .all(|r| r.firmware_project.as_deref() == Some("dpskit-fw")
+        .all(|r| r.firmware_project.as_deref() == Some("dpskit-firmware")
             && r.firmware_version.as_deref() == Some("0.1.0")));
     assert_eq!(check_done_rows_against_flash(&rig), 20);
     // The table names each board's port, MAC and ID.

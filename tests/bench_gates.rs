@@ -33,7 +33,7 @@ fn every_gate_refuses_the_right_board_and_says_why() {
         (&c3, &["chip: the board is an esp32c3, the station requires an esp32s3 ([gates] chip)"]),
         (&no_psram, &["PSRAM: 0 MB in the package, the station requires at least 2 MB ([gates] min_psram_mb)"]),
         (&small_flash, &["flash: 2MB, the station requires at least 4 MB ([gates] min_flash_mb)"]),
-        (&other_fw, &["firmware: project \"blinky\", the station expects \"dpskit-fw\""]),
+        (&other_fw, &["firmware: project \"blinky\", the station expects \"dpskit-firmware\""]),
         (&old_fw, &["firmware: version 0.0.9 is older than 0.1.0"]),
         (&no_cfg_partition, &["[partition] name: no partition named \"dps_cfg\" on this board (it has: nvs, otadata, phy_init, storage, factory)"]),
     ];
@@ -107,7 +107,7 @@ fn several_failed_gates_are_reported_together() {
     bad.app.version = "0.0.1".into();
     rig.spawn(1, &bad);
     let gates =
-        "min_psram_mb = 4\nfirmware_project = \"dpskit-fw\"\nmin_firmware_version = \"1.0\"";
+        "min_psram_mb = 4\nfirmware_project = \"dpskit-firmware\"\nmin_firmware_version = \"1.0\"";
     let station = rig.station(IDS_SEQ, gates);
     let st = Station::load(&station).unwrap();
     let report = run_batch(

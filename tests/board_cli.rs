@@ -124,7 +124,10 @@ fn inspect_follows_otadata_to_the_running_app() {
     let b = board(EfuseProfile::default(), Layout::Ota { slot: 1 });
     let (v, _) = inspect_json(&b, &[]);
     assert_eq!(v["app"]["partition"], "ota_1", "{v}");
-    assert_eq!(v["app"]["descriptor"]["Ok"]["project_name"], "dpskit-fw");
+    assert_eq!(
+        v["app"]["descriptor"]["Ok"]["project_name"],
+        "dpskit-firmware"
+    );
     let factory = board(EfuseProfile::default(), Layout::Factory);
     let (v, _) = inspect_json(&factory, &[]);
     assert!(v["app"]["descriptor"]["Ok"]["version"].is_string(), "{v}");

@@ -131,14 +131,14 @@ mod tests {
 
     #[test]
     fn descriptor() {
-        let d = parse_descriptor(&image("dpskit-fw", "0.1.0")).unwrap();
+        let d = parse_descriptor(&image("dpskit-firmware", "0.1.0")).unwrap();
         assert_eq!(
             (
                 d.project_name.as_str(),
                 d.version.as_str(),
                 d.secure_version
             ),
-            ("dpskit-fw", "0.1.0", 3)
+            ("dpskit-firmware", "0.1.0", 3)
         );
         assert!(d.is_for_esp32s3());
         assert!(parse_descriptor(&[0xFF; 0x120])

@@ -84,7 +84,7 @@ pub struct SimArgs {
     #[arg(long, default_value = "factory")]
     pub layout: Layout,
     /// esp_app_desc_t.project_name of the preloaded app.
-    #[arg(long, default_value = "dpskit-fw")]
+    #[arg(long, default_value = "dpskit-firmware")]
     pub app_project: String,
     /// esp_app_desc_t.version.
     #[arg(long, default_value = "0.1.0")]

@@ -41,7 +41,7 @@ pub struct AppDescriptor {
 impl Default for AppDescriptor {
     fn default() -> Self {
         AppDescriptor {
-            project_name: "dpskit-fw".into(),
+            project_name: "dpskit-firmware".into(),
             version: "0.1.0".into(),
             idf_ver: "v5.5.1".into(),
             date: "Jan  1 2026".into(),
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(u16::from_le_bytes([app[12], app[13]]), 9);
         assert_eq!(app[3] >> 4, 2, "4 MB size code");
         assert_eq!(u32_at(app, 0x20), APP_DESC_MAGIC);
-        assert_eq!(&app[0x50..0x59], b"dpskit-fw");
+        assert_eq!(&app[0x50..0x5F], b"dpskit-firmware");
         assert_eq!(&app[0x30..0x35], b"0.1.0");
         assert_eq!(&app[0x90..0x96], b"v5.5.1");
         // otadata erased: the bootloader takes the first app partition.

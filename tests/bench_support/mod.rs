@@ -142,7 +142,7 @@ paths = [{}]
 }
 
 pub const IDS_SEQ: &str = "template = \"{prefix}-{seq:05}\"\nprefix = \"sensor\"";
-pub const GATES: &str = "chip = \"esp32s3\"\nmin_psram_mb = 2\nmin_flash_mb = 4\nfirmware_project = \"dpskit-fw\"\nmin_firmware_version = \"0.1.0\"";
+pub const GATES: &str = "chip = \"esp32s3\"\nmin_psram_mb = 2\nmin_flash_mb = 4\nfirmware_project = \"dpskit-firmware\"\nmin_firmware_version = \"0.1.0\"";
 
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
