@@ -1,11 +1,12 @@
 //! Wall time of a provisioning batch against virtual boards: 1, 10, 50 and 100 boards, each in
 //! a fresh station (new ledger, factory-fresh flash), all ports at once.
 //!
-//! `cargo bench --bench batch` (add `-- 1 10` for other sizes, `-- rom` for the ROM loader). The goal: 100 boards in at most
-//! twice the time of one. Virtual boards answer at CPU speed (no baud-rate pacing), so this
-//! measures dpskit's own cost per board (espflash protocol, stub upload, inspection, NVS image,
-//! MD5, SQLite) and how well it overlaps; on real boards the serial line dominates and the
-//! workers mostly wait.
+//! `cargo bench --bench batch` (add `-- 1 10` for other sizes, `-- rom` for the ROM loader,
+//! `-- paced` for line-rate boards). The goal: 100 boards in at most twice the time of one.
+//! By default virtual boards answer at CPU speed, so this measures dpskit's own cost per board
+//! (espflash protocol, stub upload, inspection, NVS image, MD5, SQLite) and how well it
+//! overlaps. With `paced` each board's line runs at its baud rate (115200, then the station's
+//! 921600), as a real UART does, so a board's time is mostly the line's, as on a real bench.
 
 use dpskit::bench::provision::{run_batch, Outcome, RunOptions};
 use dpskit::bench::station::Station;
@@ -30,14 +31,17 @@ struct Sample {
     board_max: Duration,
 }
 
-fn one_batch(n: usize, stub: bool, parallel: Option<usize>) -> Sample {
+fn one_batch(n: usize, stub: bool, paced: bool, parallel: Option<usize>) -> Sample {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("group.key");
     std::fs::write(&key, GROUP_KEY).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let flash = dir.path().join("flash");
     std::fs::create_dir(&flash).unwrap();
-    let template = SimBoardConfig::default();
+    let template = SimBoardConfig {
+        line_rate: paced,
+        ..SimBoardConfig::default()
+    };
     let mut boards: Vec<VirtualBoard> = (0..n)
         .map(|i| VirtualBoard::spawn(template.for_batch(i, &flash)).unwrap())
         .collect();
@@ -71,6 +75,9 @@ stub = true
         "stub = true",
         if stub { "stub = true" } else { "stub = false" },
     );
+    if paced {
+        station = station.replace("[serial]\n", "[serial]\nbaud = 921600\n");
+    }
     if let Some(p) = parallel {
         station += &format!("[ports]\nparallel = {p}\n");
     }
@@ -131,6 +138,7 @@ fn cpu_time() -> Duration {
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let stub = !argv.iter().any(|a| a == "rom");
+    let paced = argv.iter().any(|a| a == "paced");
     let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let parallel: Option<usize> = argv
         .iter()
@@ -151,14 +159,21 @@ fn main() {
     let width = parallel.map_or("all ports at once".to_string(), |p| {
         format!("at most {p} at once")
     });
-    println!("dpskit provision: virtual ESP32-S3 boards, {mode}, {width}; best and median of {ROUNDS} rounds");
+    let line = if paced {
+        "line-rate boards (115200, then 921600 baud)"
+    } else {
+        "boards at CPU speed"
+    };
+    println!("dpskit provision: virtual ESP32-S3 {line}, {mode}, {width}; best and median of {ROUNDS} rounds");
     println!(
         "{:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>12}  {:>9}  mean ms per board by stage",
         "boards", "wall best", "wall med", "CPU/board", "board median", "board max", "vs 1 board"
     );
     let mut base: Option<Duration> = None;
     for n in sizes {
-        let mut samples: Vec<Sample> = (0..ROUNDS).map(|_| one_batch(n, stub, parallel)).collect();
+        let mut samples: Vec<Sample> = (0..ROUNDS)
+            .map(|_| one_batch(n, stub, paced, parallel))
+            .collect();
         samples.sort_by_key(|s| s.wall);
         let best = &samples[0];
         let med = &samples[ROUNDS / 2];

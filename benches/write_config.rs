@@ -1,5 +1,7 @@
 //! Time per board for `write-config` (connect → write → MD5 verified → read back → reset) on a
-//! virtual ESP32-S3, with espflash's flasher stub and against the ROM loader directly.
+//! virtual ESP32-S3, with espflash's flasher stub and against the ROM loader directly; once at
+//! CPU speed (dpskit's own cost) and once with the line paced like a real UART (115200 baud to
+//! connect, then 921600), which is what decides the default on real boards.
 use criterion::{criterion_group, criterion_main, Criterion};
 use dpskit::board::inspect::ConfigState;
 use dpskit::board::{write, After, Before, BoardLink, LinkOptions};
@@ -30,20 +32,26 @@ fn image() -> Vec<u8> {
 
 fn per_board(c: &mut Criterion) {
     let image = image();
-    let board = VirtualBoard::spawn(SimBoardConfig {
-        reset: ResetBehaviour {
-            reenter_download_after: Some(Duration::from_millis(1)),
-            ..ResetBehaviour::default()
-        },
-        ..SimBoardConfig::default()
-    })
-    .unwrap();
     let mut g = c.benchmark_group("write_config_per_board");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
-    for (name, use_stub) in [("stub", true), ("rom", false)] {
+    for (name, use_stub, paced) in [
+        ("stub", true, false),
+        ("rom", false, false),
+        ("stub_line_rate_921600", true, true),
+        ("rom_line_rate_921600", false, true),
+    ] {
+        let board = VirtualBoard::spawn(SimBoardConfig {
+            reset: ResetBehaviour {
+                reenter_download_after: Some(Duration::from_millis(1)),
+                ..ResetBehaviour::default()
+            },
+            line_rate: paced,
+            ..SimBoardConfig::default()
+        })
+        .unwrap();
         let opts = LinkOptions {
             port: board.pty_path().display().to_string(),
-            baud: None,
+            baud: paced.then_some(921_600),
             before: Before::NoReset,
             after: After::NoReset,
             use_stub,

@@ -112,6 +112,9 @@ pub struct SimArgs {
     /// Do not print the ROM boot banner on resets.
     #[arg(long)]
     pub no_banner: bool,
+    /// Pace the line at the current baud rate, as a real UART is (default: CPU speed).
+    #[arg(long)]
+    pub line_rate: bool,
 
     /// Fault: close the line after this many bytes from the host.
     #[arg(long)]
@@ -229,6 +232,7 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
             corrupt_reply: a.corrupt_reply,
             corrupt_md5: a.corrupt_md5,
         },
+        line_rate: a.line_rate,
     };
     // Fail on a bad table or flash size before creating anything.
     crate::sim::image::build_flash_image(&crate::sim::image::ImageSpec {

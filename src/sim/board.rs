@@ -35,6 +35,9 @@ pub struct SimBoardConfig {
     pub keep_existing_image: bool,
     pub reset: ResetBehaviour,
     pub faults: Faults,
+    /// Pace the line at the board's current baud rate (10 bits per byte, both directions), as
+    /// a real UART is; off, a virtual board answers at CPU speed.
+    pub line_rate: bool,
 }
 
 impl Default for SimBoardConfig {
@@ -49,6 +52,7 @@ impl Default for SimBoardConfig {
             keep_existing_image: false,
             reset: ResetBehaviour::default(),
             faults: Faults::default(),
+            line_rate: false,
         }
     }
 }
@@ -232,10 +236,11 @@ impl VirtualBoard {
             }),
         });
         let thread_shared = Arc::clone(&shared);
+        let line_rate = config.line_rate;
         let name = format!("sim-{}", format_mac(&config.profile.mac));
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run_board(device, pty, &thread_shared))
+            .spawn(move || run_board(device, pty, &thread_shared, line_rate))
             .context("starting the board thread")
             .map_err(cleanup)?;
 
@@ -382,7 +387,12 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Output that piles up while nobody reads the line is dropped beyond this.
 const MAX_QUEUED: usize = 1 << 20;
 
-fn run_board(mut device: Device, pty: Pty, shared: &Shared) {
+/// How long `bytes` take on a UART at `baud` (start + 8 data + stop bits per byte).
+fn wire_time(bytes: usize, baud: u32) -> Duration {
+    Duration::from_micros(bytes as u64 * 10 * 1_000_000 / u64::from(baud.max(1)))
+}
+
+fn run_board(mut device: Device, pty: Pty, shared: &Shared, line_rate: bool) {
     let mut pty = Some(pty);
     let mut queue: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 0x4000];
@@ -421,6 +431,9 @@ fn run_board(mut device: Device, pty: Pty, shared: &Shared) {
             if ready.readable {
                 let n = line.read(&mut buf)?;
                 if n > 0 {
+                    if line_rate {
+                        std::thread::sleep(wire_time(n, device.baud()));
+                    }
                     outputs.extend(device.feed(&buf[..n], Instant::now()));
                 }
             }
@@ -448,6 +461,9 @@ fn run_board(mut device: Device, pty: Pty, shared: &Shared) {
                 }
             }
             if !queue.is_empty() {
+                if line_rate {
+                    std::thread::sleep(wire_time(queue.len(), device.baud()));
+                }
                 let n = line.write(&queue)?;
                 queue.drain(..n);
                 if queue.len() > MAX_QUEUED {
