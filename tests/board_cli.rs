@@ -154,8 +154,8 @@ fn write_config_then_inspect_reads_it_back_with_and_without_stub() {
             .args(on(&b))
             .arg("--image")
             .arg(&image);
-        if !stub {
-            cmd.arg("--no-stub");
+        if stub {
+            cmd.arg("--stub");
         }
         cmd.assert()
             .success()
@@ -366,7 +366,7 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
     dpskit()
         .arg("write-config")
         .args(on(&b))
-        .args(["--no-stub", "--image"])
+        .args(["--image"])
         .arg(&image)
         .assert()
         .failure()
@@ -385,7 +385,7 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
     dpskit()
         .arg("write-config")
         .args(on(&corrupt))
-        .args(["--no-stub", "--image"])
+        .args(["--image"])
         .arg(&image)
         .assert()
         .failure()

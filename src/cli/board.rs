@@ -26,9 +26,12 @@ pub struct PortArgs {
     /// What to do when done.
     #[arg(long, value_enum, default_value = "hard-reset")]
     pub after: After,
-    /// Talk to the ROM bootloader directly instead of uploading the flasher stub.
+    /// Upload espflash's flasher stub first. Off by default: for a 24 KB config on a UART
+    /// bridge the ROM loader is faster (0.56 s vs 1.43 s per board at 921600 baud; see
+    /// `cargo bench --bench write_config`), since uploading the stub at 115200 baud costs more
+    /// than its compressed writes save.
     #[arg(long)]
-    pub no_stub: bool,
+    pub stub: bool,
     /// Partition table offset (CONFIG_PARTITION_TABLE_OFFSET).
     #[arg(long, default_value = "0x8000", value_parser = parse_u32)]
     pub partition_table_offset: u32,
@@ -41,7 +44,7 @@ impl PortArgs {
             baud: self.baud,
             before: self.before,
             after: self.after,
-            use_stub: !self.no_stub,
+            use_stub: self.stub,
             chip,
         }
     }
