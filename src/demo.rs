@@ -355,21 +355,17 @@ fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
 
 /// The summary table.
 pub fn render(r: &DemoReport) -> String {
-    let mut s = format!(
-        "\n{:<12} {:<17} {:<10} {:<11} {:<10} {:<9} {:<9} {}\n",
-        "PORT", "MAC", "DEVICE", "PROVISIONED", "REGISTERED", "TELEMETRY", "C2D", "METHOD"
-    );
+    let tick = |b: bool| if b { "yes" } else { "NO" }.to_string();
+    let ms = |v: Option<f64>| {
+        v.map(|m| format!("{m:.1} ms"))
+            .unwrap_or_else(|| "NO".into())
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for j in &r.boards {
-        let tick = |b: bool| if b { "yes" } else { "NO" };
-        let ms = |v: Option<f64>| {
-            v.map(|m| format!("{m:.1} ms"))
-                .unwrap_or_else(|| "NO".into())
-        };
-        s.push_str(&format!(
-            "{:<12} {:<17} {:<10} {:<11} {:<10} {:<9} {:<9} {}\n",
-            j.port,
-            j.mac.as_deref().unwrap_or("?"),
-            j.registration_id.as_deref().unwrap_or("-"),
+        rows.push(vec![
+            j.port.clone(),
+            j.mac.clone().unwrap_or_else(|| "?".into()),
+            j.registration_id.clone().unwrap_or_else(|| "-".into()),
             tick(j.provisioned),
             tick(j.registered),
             if j.telemetry_delivered > 0 {
@@ -379,11 +375,21 @@ pub fn render(r: &DemoReport) -> String {
             },
             ms(j.c2d_round_trip_ms),
             ms(j.method_round_trip_ms),
-        ));
-        if let Some(p) = &j.problem {
-            s.push_str(&format!("    problem: {p}\n"));
-        }
+            j.problem.clone().unwrap_or_default(),
+        ]);
     }
+    let headers = [
+        "PORT",
+        "MAC",
+        "DEVICE",
+        "PROVISIONED",
+        "REGISTERED",
+        "TELEMETRY",
+        "C2D",
+        "METHOD",
+        "PROBLEM",
+    ];
+    let mut s = format!("\n{}", crate::table::render(&headers, &rows));
     let ok = r.boards.iter().filter(|j| j.ok()).count();
     s.push_str(&format!(
         "\n{ok} of {} boards went from the factory bench to IoT Hub (provisioning {} ms, cloud {} ms)\n",

@@ -17,3 +17,4 @@ pub mod error;
 pub mod keys;
 pub mod secrets;
 pub mod sim;
+pub mod table;

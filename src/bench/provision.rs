@@ -117,33 +117,7 @@ impl BatchReport {
                 ]
             })
             .collect();
-        let mut w = headers.map(str::len);
-        for r in &rows {
-            for (i, c) in r.iter().enumerate().take(4) {
-                w[i] = w[i].max(c.len());
-            }
-        }
-        let line = |c: [&str; 5]| {
-            format!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                c[4],
-                w0 = w[0],
-                w1 = w[1],
-                w2 = w[2],
-                w3 = w[3]
-            )
-            .trim_end()
-            .to_string()
-                + "\n"
-        };
-        let mut s = line(headers);
-        for r in &rows {
-            s += &line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
-        }
+        let mut s = crate::table::render(&headers, &rows);
         let mut totals: Vec<String> = Vec::new();
         for o in [
             Outcome::Done,

@@ -338,35 +338,7 @@ fn render_list(rows: &[BoardRow]) -> String {
             ]
         })
         .collect();
-    let mut w = headers.map(str::len);
-    for c in &cells {
-        for i in 0..5 {
-            w[i] = w[i].max(c[i].len());
-        }
-    }
-    let line = |c: [&str; 6]| {
-        format!(
-            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3],
-            e = w[4]
-        )
-        .trim_end()
-        .to_string()
-            + "\n"
-    };
-    let mut s = line(headers);
-    for c in &cells {
-        s += &line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
-    }
+    let mut s = crate::table::render(&headers, &cells);
     let done = rows.iter().filter(|r| r.status == Status::Done).count();
     s += &format!("{} board(s), {done} done\n", rows.len());
     s
