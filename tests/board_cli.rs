@@ -391,3 +391,28 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
         .failure()
         .stderr(predicate::str::contains("NOT provisioned"));
 }
+
+#[test]
+fn a_port_held_by_another_program_is_reported_busy() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0007");
+    let b = board(EfuseProfile::default(), Layout::Factory);
+    // A serial monitor holding the port: serialport opens ttys exclusively (TIOCEXCL).
+    let _monitor = serialport::new(b.pty_path().to_string_lossy(), 115_200)
+        .open_native()
+        .unwrap();
+    dpskit()
+        .arg("write-config")
+        .args(on(&b))
+        .arg("--image")
+        .arg(&image)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--port"))
+        .stderr(predicate::str::contains("busy").or(predicate::str::contains("another program")));
+    assert_eq!(
+        b.stats().commands,
+        0,
+        "nothing may reach a board whose port is busy"
+    );
+}
