@@ -5,9 +5,26 @@ use esp_idf_part::{AppType, DataType, PartitionTable, SubType, Type};
 use serde::Serialize;
 
 /// Bytes to read at the start of an app partition: image header + segment header + descriptor.
-pub const DESCRIPTOR_READ_LEN: u32 = 0x20 + 0x100;
-const APP_DESC_MAGIC: u32 = 0xABCD_5432;
+pub const DESCRIPTOR_READ_LEN: u32 = 0x20 + desc::LEN as u32;
 const ESP32S3_CHIP_ID: u16 = 0x0009;
+
+/// The layout of `esp_app_desc_t` (ESP-IDF `esp_app_desc.h`): one copy for the reader here
+/// and the virtual boards' image writer, so the two cannot drift apart.
+pub mod desc {
+    use std::ops::Range;
+
+    /// `magic_word`.
+    pub const MAGIC: u32 = 0xABCD_5432;
+    pub const LEN: usize = 0x100;
+    pub const MAGIC_WORD: Range<usize> = 0x00..0x04;
+    pub const SECURE_VERSION: Range<usize> = 0x04..0x08;
+    pub const VERSION: Range<usize> = 0x10..0x30;
+    pub const PROJECT_NAME: Range<usize> = 0x30..0x50;
+    pub const TIME: Range<usize> = 0x50..0x60;
+    pub const DATE: Range<usize> = 0x60..0x70;
+    pub const IDF_VER: Range<usize> = 0x70..0x90;
+    pub const APP_ELF_SHA256: Range<usize> = 0x90..0xB0;
+}
 
 /// The fields of `esp_app_desc_t` a person needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,9 +53,9 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<AppDescriptor, String> {
         ));
     }
     let chip_id = u16::from_le_bytes([bytes[12], bytes[13]]);
-    let d = &bytes[0x20..0x120];
-    let magic = u32::from_le_bytes(d[0..4].try_into().unwrap());
-    if magic != APP_DESC_MAGIC {
+    let d = &bytes[0x20..0x20 + desc::LEN];
+    let magic = u32::from_le_bytes(d[desc::MAGIC_WORD].try_into().unwrap());
+    if magic != desc::MAGIC {
         return Err("app image: no esp_app_desc_t (magic 0xABCD5432 missing at +0x20); the firmware was built without an app descriptor".into());
     }
     let text = |r: std::ops::Range<usize>| {
@@ -47,12 +64,12 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<AppDescriptor, String> {
         String::from_utf8_lossy(&raw[..end]).into_owned()
     };
     Ok(AppDescriptor {
-        secure_version: u32::from_le_bytes(d[4..8].try_into().unwrap()),
-        version: text(0x10..0x30),
-        project_name: text(0x30..0x50),
-        time: text(0x50..0x60),
-        date: text(0x60..0x70),
-        idf_ver: text(0x70..0x90),
+        secure_version: u32::from_le_bytes(d[desc::SECURE_VERSION].try_into().unwrap()),
+        version: text(desc::VERSION),
+        project_name: text(desc::PROJECT_NAME),
+        time: text(desc::TIME),
+        date: text(desc::DATE),
+        idf_ver: text(desc::IDF_VER),
         chip_id,
     })
 }
@@ -121,7 +138,7 @@ mod tests {
         let mut b = vec![0u8; DESCRIPTOR_READ_LEN as usize];
         b[0] = 0xE9;
         b[12] = 9;
-        b[0x20..0x24].copy_from_slice(&APP_DESC_MAGIC.to_le_bytes());
+        b[0x20..0x24].copy_from_slice(&desc::MAGIC.to_le_bytes());
         b[0x24] = 3;
         b[0x30..0x30 + version.len()].copy_from_slice(version.as_bytes());
         b[0x50..0x50 + project.len()].copy_from_slice(project.as_bytes());

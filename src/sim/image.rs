@@ -3,6 +3,7 @@
 //! `esp_image_header_t` and `esp_app_desc_t` (reference §4), optionally otadata selecting an OTA
 //! slot, and an erased (0xFF) `dps_cfg` partition.
 
+use crate::board::app::desc;
 use anyhow::{bail, Context, Result};
 use esp_idf_part::{AppType, DataType, Partition, PartitionTable, SubType, Type};
 use sha2::{Digest, Sha256};
@@ -21,7 +22,7 @@ pub const PREVIOUS_VERSION: &str = "0.0.0-previous";
 /// ESP32-S3 image chip ID.
 pub const IMAGE_CHIP_ID_ESP32S3: u16 = 9;
 /// `esp_app_desc_t.magic_word`.
-pub const APP_DESC_MAGIC: u32 = 0xABCD_5432;
+pub const APP_DESC_MAGIC: u32 = desc::MAGIC;
 /// `esp_image_header_t.magic`.
 pub const IMAGE_MAGIC: u8 = 0xE9;
 
@@ -250,18 +251,18 @@ fn cstr<const N: usize>(s: &str) -> [u8; N] {
 }
 
 /// The 256-byte `esp_app_desc_t`.
-pub fn app_desc_bytes(d: &AppDescriptor) -> [u8; 256] {
-    let mut out = [0u8; 256];
-    out[0x00..0x04].copy_from_slice(&APP_DESC_MAGIC.to_le_bytes());
-    out[0x04..0x08].copy_from_slice(&d.secure_version.to_le_bytes());
-    out[0x10..0x30].copy_from_slice(&cstr::<32>(&d.version));
-    out[0x30..0x50].copy_from_slice(&cstr::<32>(&d.project_name));
-    out[0x50..0x60].copy_from_slice(&cstr::<16>(&d.time));
-    out[0x60..0x70].copy_from_slice(&cstr::<16>(&d.date));
-    out[0x70..0x90].copy_from_slice(&cstr::<32>(&d.idf_ver));
+pub fn app_desc_bytes(d: &AppDescriptor) -> [u8; desc::LEN] {
+    let mut out = [0u8; desc::LEN];
+    out[desc::MAGIC_WORD].copy_from_slice(&desc::MAGIC.to_le_bytes());
+    out[desc::SECURE_VERSION].copy_from_slice(&d.secure_version.to_le_bytes());
+    out[desc::VERSION].copy_from_slice(&cstr::<32>(&d.version));
+    out[desc::PROJECT_NAME].copy_from_slice(&cstr::<32>(&d.project_name));
+    out[desc::TIME].copy_from_slice(&cstr::<16>(&d.time));
+    out[desc::DATE].copy_from_slice(&cstr::<16>(&d.date));
+    out[desc::IDF_VER].copy_from_slice(&cstr::<32>(&d.idf_ver));
     // app_elf_sha256: a stand-in ELF hash derived from the identity, so builds differ.
     let elf = Sha256::digest(format!("{}\0{}\0{}", d.project_name, d.version, d.idf_ver));
-    out[0x90..0xB0].copy_from_slice(&elf);
+    out[desc::APP_ELF_SHA256].copy_from_slice(&elf);
     out[0xB0..0xB2].copy_from_slice(&0u16.to_le_bytes()); // min_efuse_blk_rev_full
     out[0xB2..0xB4].copy_from_slice(&199u16.to_le_bytes()); // max_efuse_blk_rev_full
     out[0xB4] = 16; // mmu_page_size: log2(64 KiB)
