@@ -5,7 +5,7 @@ use crate::keys::{self, batch, verify};
 use crate::secrets::{read_secret_file, write_private_file, GroupKeyArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use dpskit_core::sas::{dps_resource, hub_resource, SasToken};
+use dpskit_core::sas::{dps_resource, hub_resource, human_duration, SasToken};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, RegistrationId};
 use std::io::Write;
 use std::path::PathBuf;
@@ -350,15 +350,6 @@ pub fn utc(secs: u64) -> String {
         .ok()
         .and_then(|t| t.format(fmt).ok())
         .unwrap_or_else(|| format!("{secs} (out of range)"))
-}
-
-fn human_duration(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    }
 }
 
 /// Parses `3600`, `90s`, `30m`, `1h`, `2d`.

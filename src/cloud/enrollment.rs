@@ -11,7 +11,7 @@ use crate::secrets::read_secret_file;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use dpskit_core::sas::{dps_resource, hub_resource};
+use dpskit_core::sas::{dps_resource, hub_resource, human_duration};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, SasToken};
 use serde::Deserialize;
 use std::path::Path;
@@ -448,17 +448,6 @@ fn not_a_token(group: &Group, password: &str, parse_error: &str) -> String {
         return "the password is a bare key; send a SAS token (SharedAccessSignature sr=…&sig=…&se=…) signed with it".into();
     }
     format!("the password is not a SAS token: {parse_error}")
-}
-
-/// `3 h`, `42 min`, `5 s`, `12 days`, `3 years`.
-pub fn human_duration(secs: u64) -> String {
-    match secs {
-        0..=119 => format!("{secs} s"),
-        120..=7199 => format!("{} min", secs / 60),
-        7200..=172_799 => format!("{} h", secs / 3600),
-        172_800..=63_071_999 => format!("{} days", secs / 86_400),
-        _ => format!("{} years", secs / 31_557_600),
-    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,17 @@ impl fmt::Display for SasToken {
     }
 }
 
+/// A token lifetime or age in plain words: `5 s`, `42 min`, `3 h`, `12 days`, `3 years`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        172_800..=63_071_999 => format!("{} days", secs / 86_400),
+        _ => format!("{} years", secs / 31_557_600),
+    }
+}
+
 fn signature(key: &DeviceKey, sr_encoded: &str, expiry: u64) -> String {
     let to_sign = format!("{sr_encoded}\n{expiry}");
     B64.encode(key.sign(to_sign.as_bytes()))
@@ -225,6 +236,15 @@ mod tests {
         assert_eq!(t.resource().unwrap(), dps_resource("0ne00000000", V1_ID));
         let other = DeviceKey::from_bytes([1; 32]);
         assert!(!t.verify(&other));
+    }
+
+    #[test]
+    fn durations_in_plain_words() {
+        assert_eq!(human_duration(5), "5 s");
+        assert_eq!(human_duration(7199), "119 min");
+        assert_eq!(human_duration(3 * 3600), "3 h");
+        assert_eq!(human_duration(12 * 86_400), "12 days");
+        assert_eq!(human_duration(4 * 31_557_600), "4 years");
     }
 
     #[test]
