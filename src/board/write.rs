@@ -12,7 +12,7 @@ pub struct WriteOutcome {
     pub partition: String,
     pub offset: u32,
     pub bytes: usize,
-    /// MD5 of the image, as the board computed it over the written region.
+    /// MD5 of the written region; the board's own MD5 of it matched (espflash's verify).
     pub md5: String,
     /// Read back off the board (stub) or, in ROM mode, the verified image decoded.
     pub read_back: ConfigState,
@@ -44,24 +44,15 @@ pub fn write_config(
     // Fill the whole partition so no stale NVS page from an older config survives.
     let mut full = image.to_vec();
     full.resize(size as usize, 0xFF);
+    // espflash asks the board for the region's MD5 and fails the write on a mismatch.
     link.write_verified(offset, &full, progress)?;
-    let md5 = if link.uses_stub() {
-        Some(link.md5(offset, size)?)
-    } else {
-        None
-    };
     let expected: [u8; 16] =
         md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(&full)).into();
-    if let Some(got) = md5 {
-        if got != expected {
-            bail!("verify at {offset:#x}: the board's MD5 does not match what was written; the board is NOT provisioned");
-        }
-    }
     let read_back = if link.uses_stub() && proof == Proof::ReadBack {
         config_state(partition_name, &link.read_flash(offset, size)?)
     } else {
-        // The board's MD5 matched (in ROM mode espflash checks it before FLASH_END, after
-        // which the loader has left download mode), so the flash holds exactly `full`.
+        // The board's MD5 matched (espflash checks it before FLASH_END, after which the ROM
+        // loader has left download mode), so the flash holds exactly `full`.
         config_state(partition_name, &full)
     };
     if !matches!(read_back, ConfigState::Present { .. }) {
