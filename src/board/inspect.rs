@@ -8,6 +8,7 @@ use crate::blob::{nvs, roots};
 use anyhow::Result;
 use espflash::target::efuse::esp32s3;
 use espflash::target::Chip;
+use md5::{Digest, Md5};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -27,6 +28,9 @@ pub struct BoardReport {
     pub partitions: Result<Vec<partition::PartitionRow>, String>,
     pub app: Option<AppSlot>,
     pub config: Option<ConfigState>,
+    /// MD5 (hex) of the whole config partition as it is on the board, when there is one:
+    /// the board's own MD5 for an erased partition, else the MD5 of the bytes read.
+    pub config_partition_md5: Option<String>,
     pub verdicts: Vec<Verdict>,
 }
 
@@ -130,6 +134,7 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
         partitions: Err(String::new()),
         app: None,
         config: None,
+        config_partition_md5: None,
         verdicts: Vec::new(),
     };
     if chip == Chip::Esp32s3 {
@@ -171,32 +176,30 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
                     descriptor: app::parse_descriptor(&head),
                 });
             }
-            report.config = Some(
-                match partition::config_partition(&table, &expect.config_partition, None) {
-                    Err(e) => ConfigState::Missing {
-                        partition: expect.config_partition.clone(),
-                        reason: e.to_string(),
-                    },
-                    Ok(p) if is_erased(link, p.offset(), p.size())? => ConfigState::Empty {
-                        partition: expect.config_partition.clone(),
-                    },
-                    Ok(p) => {
-                        let bytes = link.read_flash(p.offset(), p.size())?;
-                        config_state(&expect.config_partition, &bytes)
-                    }
+            let name = &expect.config_partition;
+            report.config = Some(match partition::config_partition(&table, name, None) {
+                Err(e) => ConfigState::Missing {
+                    partition: name.clone(),
+                    reason: e.to_string(),
                 },
-            );
+                Ok(p) => {
+                    // Ask the board first: an erased partition need not be read at all.
+                    let on_board = link.md5(p.offset(), p.size())?;
+                    let erased: [u8; 16] = Md5::digest(vec![0xFFu8; p.size() as usize]).into();
+                    report.config_partition_md5 = Some(hex::encode(on_board));
+                    if on_board == erased {
+                        ConfigState::Empty {
+                            partition: name.clone(),
+                        }
+                    } else {
+                        config_state(name, &link.read_flash(p.offset(), p.size())?)
+                    }
+                }
+            });
         }
     }
     report.verdicts = judge(&report, expect, OffsetDateTime::now_utc());
     Ok(report)
-}
-
-/// Whether a region is all 0xFF, asked of the board's MD5 so an empty partition is not read.
-fn is_erased(link: &mut BoardLink, offset: u32, size: u32) -> Result<bool> {
-    use md5::Digest;
-    let erased: [u8; 16] = md5::Md5::digest(vec![0xFFu8; size as usize]).into();
-    Ok(link.md5(offset, size)? == erased)
 }
 
 fn read_embedded(link: &mut BoardLink) -> Result<EmbeddedMemory> {
