@@ -18,6 +18,8 @@ pub const NAMESPACE: &str = "dps";
 pub const SCHEMA_VERSION: u8 = 1;
 /// The public DPS device endpoint, the same for every DPS instance.
 pub const DEFAULT_DPS_HOST: &str = "global.azure-devices-provisioning.net";
+/// The NTP server a board asks when its config names none.
+pub const DEFAULT_NTP_SERVER: &str = "pool.ntp.org";
 /// Longest NVS key name.
 pub const MAX_NVS_KEY_LEN: usize = 15;
 /// Longest NVS string, including its terminating NUL (125 entries × 32 bytes).
@@ -33,6 +35,7 @@ pub mod keys {
     pub const DPS_HOST: &str = "dps_host";
     pub const WIFI_SSID: &str = "wifi_ssid";
     pub const WIFI_PASSWORD: &str = "wifi_pass";
+    pub const NTP_SERVER: &str = "ntp_server";
 }
 
 /// A value as stored in NVS.
@@ -84,6 +87,9 @@ pub struct DeviceConfig {
     pub dps_host: String,
     pub wifi_ssid: Option<String>,
     pub wifi_password: Option<String>,
+    /// `host[:port]` of the NTP server (factories without internet time have their own);
+    /// `None`: [`DEFAULT_NTP_SERVER`].
+    pub ntp_server: Option<String>,
 }
 
 impl fmt::Debug for DeviceConfig {
@@ -102,6 +108,7 @@ impl fmt::Debug for DeviceConfig {
                 "wifi_password",
                 &self.wifi_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("ntp_server", &self.ntp_server)
             .finish()
     }
 }
@@ -126,11 +133,22 @@ impl DeviceConfig {
         if let Some(pass) = &self.wifi_password {
             out.push((keys::WIFI_PASSWORD, Value::Str(pass.clone())));
         }
+        if let Some(ntp) = &self.ntp_server {
+            out.push((keys::NTP_SERVER, Value::Str(ntp.clone())));
+        }
         for (key, value) in &out {
             check_nvs_entry(key, value)?;
         }
         self.check_fields()?;
         Ok(out)
+    }
+
+    /// The NTP server to ask, and its UDP port (123 unless the config says otherwise).
+    pub fn ntp_server(&self) -> (&str, u16) {
+        match &self.ntp_server {
+            Some(s) => split_host_port(s).unwrap_or((s.as_str(), NTP_PORT)),
+            None => (DEFAULT_NTP_SERVER, NTP_PORT),
+        }
     }
 
     /// Rebuilds a config from stored values; `get` looks a key up in [`NAMESPACE`].
@@ -152,6 +170,7 @@ impl DeviceConfig {
         let dps_host = string(keys::DPS_HOST)?.unwrap_or_else(|| DEFAULT_DPS_HOST.into());
         let wifi_ssid = string(keys::WIFI_SSID)?;
         let wifi_password = string(keys::WIFI_PASSWORD)?;
+        let ntp_server = string(keys::NTP_SERVER)?;
         match get(keys::SCHEMA) {
             Some(Value::U8(SCHEMA_VERSION)) => {}
             Some(Value::U8(v)) => return Err(ConfigError::UnsupportedSchema(v)),
@@ -178,6 +197,7 @@ impl DeviceConfig {
             dps_host,
             wifi_ssid,
             wifi_password,
+            ntp_server,
         };
         cfg.check_fields()?;
         Ok(cfg)
@@ -196,6 +216,14 @@ impl DeviceConfig {
                 key: keys::DPS_HOST,
                 reason: format!("{host:?} is not a host name; use e.g. {DEFAULT_DPS_HOST}"),
             });
+        }
+        if let Some(ntp) = &self.ntp_server {
+            if let Err(reason) = split_host_port(ntp) {
+                return Err(ConfigError::Invalid {
+                    key: keys::NTP_SERVER,
+                    reason,
+                });
+            }
         }
         if let Some(pass) = &self.wifi_password {
             if self.wifi_ssid.is_none() {
@@ -221,6 +249,33 @@ impl DeviceConfig {
         }
         Ok(())
     }
+}
+
+/// The NTP port.
+pub const NTP_PORT: u16 = 123;
+
+/// `host` or `host:port` (an IPv4 address or a DNS name; 123 by default), or why not.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => (h, port),
+            _ => return Err(format!("{s:?}: the port after ':' must be 1 to 65535")),
+        },
+        None => (s, NTP_PORT),
+    };
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !name_ok {
+        return Err(format!(
+            "{s:?} is not an IPv4 address or host name (with an optional :port); use e.g. {DEFAULT_NTP_SERVER} or 192.168.1.10"
+        ));
+    }
+    Ok((host, port))
 }
 
 /// Checks one entry against NVS's own limits (key length, string size).
@@ -266,6 +321,7 @@ fn static_key_name(key: &str) -> &'static str {
         keys::DPS_HOST,
         keys::WIFI_SSID,
         keys::WIFI_PASSWORD,
+        keys::NTP_SERVER,
     ]
     .into_iter()
     .find(|k| *k == key)
@@ -288,6 +344,7 @@ mod tests {
             dps_host: DEFAULT_DPS_HOST.into(),
             wifi_ssid: Some("factory".into()),
             wifi_password: Some("password1".into()),
+            ntp_server: None,
         }
     }
 
@@ -324,6 +381,38 @@ mod tests {
             DeviceConfig::from_lookup(|k| map.get(k).cloned()).unwrap_err(),
             ConfigError::UnsupportedSchema(9)
         );
+    }
+
+    #[test]
+    fn ntp_server_is_optional_host_and_port() {
+        let mut cfg = sample();
+        assert_eq!(cfg.ntp_server(), (DEFAULT_NTP_SERVER, 123));
+        assert!(!cfg
+            .to_entries()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| *k == keys::NTP_SERVER));
+        cfg.ntp_server = Some("10.0.2.2:1123".into());
+        assert_eq!(cfg.ntp_server(), ("10.0.2.2", 1123));
+        let map: BTreeMap<_, _> = cfg.to_entries().unwrap().into_iter().collect();
+        assert_eq!(
+            DeviceConfig::from_lookup(|k| map.get(k).cloned()).unwrap(),
+            cfg
+        );
+        cfg.ntp_server = Some("time.factory.lan".into());
+        assert_eq!(cfg.ntp_server(), ("time.factory.lan", 123));
+        for bad in [
+            "",
+            "ntp server",
+            "host:0",
+            "host:x",
+            "a..b",
+            "http://pool.ntp.org",
+        ] {
+            cfg.ntp_server = Some(bad.into());
+            let e = cfg.to_entries().unwrap_err();
+            assert!(e.to_string().contains("ntp_server"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! Protocol: [`dps`] (registration) and [`hub`] (telemetry, C2D, methods, twin) are state
 //! machines driven through [`mqtt`] events and actions; [`topic`] is the one copy of the wire
-//! format, shared with the emulator; [`backoff`] paces reconnects.
+//! format, shared with the emulator; [`packet`] is the device's MQTT 3.1.1 codec; [`backoff`]
+//! paces reconnects.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod hub;
 pub mod ident;
 pub mod key;
 pub mod mqtt;
+pub mod packet;
 pub mod sas;
 pub mod topic;
 mod url;

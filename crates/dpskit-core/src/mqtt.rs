@@ -98,6 +98,9 @@ pub enum Event<'a> {
     SubAck { granted: bool },
     /// An incoming PUBLISH.
     Publish { topic: &'a str, payload: &'a [u8] },
+    /// The oldest `Publish` not yet acknowledged was delivered (its PUBACK arrived; for QoS 0,
+    /// it was written). Publishes are acknowledged in the order they were asked for.
+    PubAck,
     /// The connection went down (or never came up: TCP, TLS and CONNACK timeouts are the
     /// driver's, and after a refused CONNACK the server closes the socket). Not reported for
     /// closes the machine asked for. `random` is any random `u32`; it jitters the backoff.

@@ -20,7 +20,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use dpskit_core::dps::{Assignment, DpsClient, DpsConfig};
 use dpskit_core::hub::{HubClient, HubConfig, HubError, HubOutput, Message};
-use dpskit_core::mqtt::{Action, Event, SetupError};
+use dpskit_core::mqtt::{Action, Event, Publish, SetupError};
+use dpskit_core::topic::DeviceTopic;
 use dpskit_core::DeviceConfig;
 use serde_json::{Map, Value};
 
@@ -216,6 +217,12 @@ pub struct DeviceApp {
     seq: u64,
     sent: u64,
     queue: VecDeque<Message>,
+    /// Every `Publish` handed to the driver and not yet acknowledged, oldest first; the
+    /// telemetry among them (`Some`) is sent again when the connection drops before its
+    /// PUBACK, so a dying connection does not silently lose it.
+    in_flight: VecDeque<Option<Publish>>,
+    /// Unacknowledged telemetry waiting for the next hub connection.
+    resend: VecDeque<Publish>,
     hub_failures: u32,
     /// DPS ran again because the hub refused; another refusal is final.
     reregistered: bool,
@@ -266,6 +273,8 @@ impl DeviceApp {
             seq: 0,
             sent: 0,
             queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            resend: VecDeque::new(),
             hub_failures: 0,
             reregistered: false,
             outcome: None,
@@ -370,6 +379,23 @@ impl DeviceApp {
     /// Feeds one event at `now_ms` (Unix ms, after SNTP) and returns what to do, in order.
     pub fn handle(&mut self, now_ms: u64, event: Event<'_>) -> Actions {
         let mut out = Vec::new();
+        match event {
+            Event::PubAck => {
+                self.in_flight.pop_front();
+                return out;
+            }
+            // Whatever the old connection did not acknowledge will not be acknowledged now.
+            Event::Disconnected { .. } | Event::ConnAck { .. } => {
+                self.requeue_unacknowledged(&mut out)
+            }
+            _ => {}
+        }
+        self.handle_event(now_ms, event, &mut out);
+        self.track(&out);
+        out
+    }
+
+    fn handle_event(&mut self, now_ms: u64, event: Event<'_>, out: &mut Actions) {
         if let Event::Disconnected { .. } = event {
             if let Some(link) = self.pending_link.take() {
                 self.last_link = Some(link.clone());
@@ -384,9 +410,9 @@ impl DeviceApp {
                             host,
                             link,
                         },
-                        &mut out,
+                        out,
                     );
-                    return out;
+                    return;
                 }
             }
         }
@@ -396,14 +422,41 @@ impl DeviceApp {
         match self.phase {
             Phase::Idle => {
                 if let Event::Start = event {
-                    self.start(now_ms, &mut out);
+                    self.start(now_ms, out);
                 }
             }
-            Phase::Dps(_) => self.dps_step(now_ms, event, &mut out),
-            Phase::Hub { .. } => self.hub_step(now_ms, event, &mut out),
+            Phase::Dps(_) => self.dps_step(now_ms, event, out),
+            Phase::Hub { .. } => self.hub_step(now_ms, event, out),
             Phase::Done => {}
         }
-        out
+    }
+
+    /// Notes every `Publish` in `actions`, in order, for the `PubAck`s to come.
+    fn track(&mut self, actions: &Actions) {
+        for a in actions {
+            if let Action::Publish(p) = a {
+                let telemetry = matches!(
+                    DeviceTopic::parse(&p.topic),
+                    Ok(DeviceTopic::Telemetry { .. })
+                );
+                self.in_flight.push_back(telemetry.then(|| p.clone()));
+            }
+        }
+    }
+
+    /// Puts the telemetry the last connection did not acknowledge first in line for the next.
+    fn requeue_unacknowledged(&mut self, out: &mut Actions) {
+        let lost: Vec<Publish> = self.in_flight.drain(..).flatten().collect();
+        if lost.is_empty() {
+            return;
+        }
+        out.push(Action::Output(AppOutput::Warning(format!(
+            "{} telemetry message(s) not acknowledged before the connection dropped; sending them again after reconnecting",
+            lost.len()
+        ))));
+        for p in lost.into_iter().rev() {
+            self.resend.push_front(p);
+        }
     }
 
     /// Sends a telemetry message of the application's own now, or queues it (at most
@@ -426,6 +479,7 @@ impl DeviceApp {
         if self.is_connected() {
             self.run_timers(now_ms, &mut out);
         }
+        self.track(&out);
         out
     }
 
@@ -496,6 +550,11 @@ impl DeviceApp {
                     connected: false,
                 };
                 self.hub_failures = 0;
+                // Telemetry waiting for a resend belongs to the device it was made for.
+                self.resend.retain(|p| {
+                    matches!(DeviceTopic::parse(&p.topic),
+                        Ok(DeviceTopic::Telemetry { device_id: d, .. }) if d == device_id)
+                });
                 self.hub_step(now_ms, Event::Start, out);
             }
             Err(e) => self.fail(AppError::Setup(e), out),
@@ -809,6 +868,7 @@ impl DeviceApp {
 
     /// While connected: queued messages, then due reported properties and telemetry.
     fn run_timers(&mut self, now_ms: u64, out: &mut Actions) {
+        out.extend(self.resend.drain(..).map(Action::Publish));
         while let Some(m) = self.queue.pop_front() {
             self.publish(m, None, out);
         }

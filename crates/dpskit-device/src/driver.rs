@@ -8,11 +8,11 @@
 //!   refused CONNACK leaves the session closed; the loop reports `Disconnected` unless the app
 //!   answered the CONNACK with a new `Connect` or a `Disconnect` of its own.
 //! * `Subscribe` → [`MqttSession::subscribe`] (waits for the SUBACK) → `Event::SubAck`.
-//! * `Publish` → [`MqttSession::publish`] (QoS 1 waits for the PUBACK, so `Finished` really
-//!   means delivered).
+//! * `Publish` → [`MqttSession::publish`] (QoS 1 waits for the PUBACK) → `Event::PubAck`, so
+//!   the app knows what was delivered and `Finished` really means delivered.
 //! * a failed session call → [`DeviceApp::link_failed`] + `Event::Disconnected`, once per
-//!   connection; actions for a connection that is gone are dropped (a PUBLISH with a
-//!   `Warning`: telemetry handed over while the connection fails is lost, not queued).
+//!   connection; actions for a connection that is gone are dropped (the app sends telemetry
+//!   that was never acknowledged again on the next connection).
 //! * `Output(StoreAssignment)` → [`Storage::save`]; every output also goes to `on_output`.
 //!
 //! Futures are polled by whatever executor the platform has (embassy, tokio); nothing here
@@ -239,20 +239,16 @@ where
                         }
                     }
                 }
-                Action::Publish(p) if connected => {
-                    if let Err(e) = session.publish(&p).await {
+                Action::Publish(p) if connected => match session.publish(&p).await {
+                    Ok(()) => queue.extend(app.handle(clock.now_ms(), Event::PubAck)),
+                    Err(e) => {
                         connected = false;
-                        on_output(&AppOutput::Warning(format!(
-                            "not delivered ({e}): {}",
-                            p.topic
-                        )));
                         lost(app, session, entropy, clock, e, &mut queue).await;
                     }
-                }
-                Action::Publish(p) => on_output(&AppOutput::Warning(format!(
-                    "not sent, the connection is down: {}",
-                    p.topic
-                ))),
+                },
+                // For a connection that is gone: the app sends unacknowledged telemetry again
+                // on the next connection; replies and twin patches are moot by then.
+                Action::Publish(_) => {}
                 Action::Subscribe { .. } => {
                     // For a connection that is gone; the next connect subscribes again.
                 }

@@ -115,6 +115,7 @@ mod tests {
             dps_host: "localhost".into(),
             wifi_ssid: None,
             wifi_password: None,
+            ntp_server: None,
         }
     }
 

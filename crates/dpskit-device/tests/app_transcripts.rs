@@ -28,6 +28,7 @@ fn config() -> DeviceConfig {
         dps_host: DEFAULT_DPS_HOST.into(),
         wifi_ssid: None,
         wifi_password: None,
+        ntp_server: None,
     }
 }
 
@@ -80,8 +81,15 @@ fn render(a: &Action<AppOutput>) -> String {
     }
 }
 
+/// Feeds `event` and, as the driver does, a `PubAck` for each PUBLISH delivered.
 fn step(app: &mut DeviceApp, at: u64, event: Event<'_>) -> Vec<String> {
-    app.handle(at, event).iter().map(render).collect()
+    let actions = app.handle(at, event);
+    for a in &actions {
+        if let Action::Publish(_) = a {
+            assert!(app.handle(at, Event::PubAck).is_empty());
+        }
+    }
+    actions.iter().map(render).collect()
 }
 
 fn publish<'a>(topic: &'a str, payload: &'a str) -> Event<'a> {
@@ -599,4 +607,47 @@ fn hub_failure_limit_and_reprovisioning_of_a_stale_store() {
     ));
     let got = step(&mut app, T0 + 1, Event::Disconnected { random: 0 });
     assert_eq!(got.last().unwrap(), &format!("OUT failed: IoT Hub {HUB} could not be reached in 1 attempts in a row; last: no CONNACK within 10 s"));
+}
+
+#[test]
+fn telemetry_not_acknowledged_before_a_drop_is_sent_again_after_reconnecting() {
+    let mut app = DeviceApp::new(config(), settings(), Some(stored(HUB))).unwrap();
+    step(&mut app, T0, Event::Start);
+    hub_connected(&mut app, T0 + 10, HUB, 1);
+    // The next telemetry is handed over, and the connection dies before its PUBACK.
+    let due = app.next_deadline().unwrap();
+    let sent = app.handle(due, Event::Tick);
+    let telemetry: Vec<_> = sent
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(p) if p.topic.contains("/messages/events/") => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(telemetry.len(), 1, "{sent:?}");
+    let got = step(&mut app, due + 5, Event::Disconnected { random: 0 });
+    assert_eq!(
+        got[0],
+        "OUT Warning(\"1 telemetry message(s) not acknowledged before the connection dropped; sending them again after reconnecting\")"
+    );
+    // Reconnected: the very same message (same topic, same body) is the first telemetry.
+    let at = app.next_deadline().unwrap();
+    assert_eq!(step(&mut app, at, Event::Tick), [hub_connect(HUB, at)]);
+    let after = app.handle(at + 10, CONNACK_OK);
+    let first_publish = after.iter().find_map(|a| match a {
+        Action::Publish(p) if p.topic.contains("/messages/events/") => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(first_publish.as_ref(), Some(&telemetry[0]), "{after:?}");
+    // Acknowledged this time: nothing is resent on the next drop.
+    for a in &after {
+        if let Action::Publish(_) = a {
+            app.handle(at + 20, Event::PubAck);
+        }
+    }
+    let got = step(&mut app, at + 30, Event::Disconnected { random: 0 });
+    assert!(
+        !got.iter().any(|l| l.contains("not acknowledged")),
+        "{got:?}"
+    );
 }
