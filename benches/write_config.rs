@@ -26,6 +26,7 @@ fn image() -> Vec<u8> {
         dps_host: DEFAULT_DPS_HOST.into(),
         wifi_ssid: None,
         wifi_password: None,
+        ntp_server: None,
     };
     dpskit::blob::nvs::build_image(&cfg, 0x6000).unwrap()
 }

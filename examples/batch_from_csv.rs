@@ -126,6 +126,7 @@ fn write_images(
             dps_host: dps_host.into(),
             wifi_ssid: None,
             wifi_password: None,
+            ntp_server: None,
         };
         let path = out_dir.join(format!("{id}.bin"));
         write_private_file(&path, &nvs::build_image(&config, nvs::DEFAULT_SIZE)?)?;

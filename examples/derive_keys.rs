@@ -94,6 +94,7 @@ async fn register(
         dps_host: "localhost".into(),
         wifi_ssid: None,
         wifi_password: None,
+        ntp_server: None,
     };
     let mut opts = DeviceOptions::new(config);
     opts.endpoints = Endpoints {

@@ -331,6 +331,7 @@ mod tests {
             dps_host: "localhost".into(),
             wifi_ssid: None,
             wifi_password: None,
+            ntp_server: None,
         };
         let image = dir.path().join("dev.bin");
         std::fs::write(&image, nvs::build_image(&cfg, nvs::DEFAULT_SIZE).unwrap()).unwrap();

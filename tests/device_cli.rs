@@ -34,6 +34,7 @@ fn config(id: &str, ca: &Path) -> DeviceConfig {
         dps_host: "localhost".into(),
         wifi_ssid: Some("factory".into()),
         wifi_password: None,
+        ntp_server: None,
     }
 }
 

@@ -89,6 +89,7 @@ impl Emu {
             dps_host: "localhost".into(),
             wifi_ssid: None,
             wifi_password: None,
+            ntp_server: None,
         }
     }
 

@@ -100,6 +100,7 @@ fn config(wifi: bool, roots_named: &[&str]) -> DeviceConfig {
         dps_host: DEFAULT_DPS_HOST.into(),
         wifi_ssid: wifi.then(|| "Factory, floor 2 \"B\"".into()),
         wifi_password: wifi.then(|| "correct horse battery".into()),
+        ntp_server: None,
     }
 }
 

@@ -272,6 +272,7 @@ impl Station {
                     dps_host: dps_host.clone(),
                     wifi_ssid: wifi_ssid.clone(),
                     wifi_password: wifi_password.clone(),
+                    ntp_server: None,
                 };
                 if let Err(e) = nvs::build_image(&cfg, *size) {
                     p.push(e.to_string().replace("--size", "[partition] nvs_size"));
@@ -328,6 +329,7 @@ impl Station {
             dps_host: self.dps_host.clone(),
             wifi_ssid: self.wifi_ssid.clone(),
             wifi_password: self.wifi_password.clone(),
+            ntp_server: None,
         }
     }
 }

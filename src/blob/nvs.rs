@@ -265,6 +265,7 @@ mod tests {
             dps_host: config::DEFAULT_DPS_HOST.into(),
             wifi_ssid: wifi.then(|| "factory-net".into()),
             wifi_password: wifi.then(|| "s3cret-pass".into()),
+            ntp_server: None,
         }
     }
 
