@@ -27,6 +27,7 @@ fn image() -> Vec<u8> {
         wifi_ssid: None,
         wifi_password: None,
         ntp_server: None,
+        token_ttl_secs: None,
     };
     dpskit::blob::nvs::build_image(&cfg, 0x6000).unwrap()
 }

@@ -127,6 +127,7 @@ fn write_images(
             wifi_ssid: None,
             wifi_password: None,
             ntp_server: None,
+            token_ttl_secs: None,
         };
         let path = out_dir.join(format!("{id}.bin"));
         write_private_file(&path, &nvs::build_image(&config, nvs::DEFAULT_SIZE)?)?;

@@ -95,6 +95,7 @@ async fn register(
         wifi_ssid: None,
         wifi_password: None,
         ntp_server: None,
+        token_ttl_secs: None,
     };
     let mut opts = DeviceOptions::new(config);
     opts.endpoints = Endpoints {

@@ -332,6 +332,7 @@ mod tests {
             wifi_ssid: None,
             wifi_password: None,
             ntp_server: None,
+            token_ttl_secs: None,
         };
         let image = dir.path().join("dev.bin");
         std::fs::write(&image, nvs::build_image(&cfg, nvs::DEFAULT_SIZE).unwrap()).unwrap();

@@ -35,6 +35,7 @@ fn config(id: &str, ca: &Path) -> DeviceConfig {
         wifi_ssid: Some("factory".into()),
         wifi_password: None,
         ntp_server: None,
+        token_ttl_secs: None,
     }
 }
 

@@ -90,6 +90,7 @@ impl Emu {
             wifi_ssid: None,
             wifi_password: None,
             ntp_server: None,
+            token_ttl_secs: None,
         }
     }
 

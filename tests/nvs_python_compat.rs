@@ -101,6 +101,7 @@ fn config(wifi: bool, roots_named: &[&str]) -> DeviceConfig {
         wifi_ssid: wifi.then(|| "Factory, floor 2 \"B\"".into()),
         wifi_password: wifi.then(|| "correct horse battery".into()),
         ntp_server: None,
+        token_ttl_secs: None,
     }
 }
 

@@ -273,6 +273,7 @@ impl Station {
                     wifi_ssid: wifi_ssid.clone(),
                     wifi_password: wifi_password.clone(),
                     ntp_server: None,
+                    token_ttl_secs: None,
                 };
                 if let Err(e) = nvs::build_image(&cfg, *size) {
                     p.push(e.to_string().replace("--size", "[partition] nvs_size"));
@@ -330,6 +331,7 @@ impl Station {
             wifi_ssid: self.wifi_ssid.clone(),
             wifi_password: self.wifi_password.clone(),
             ntp_server: None,
+            token_ttl_secs: None,
         }
     }
 }

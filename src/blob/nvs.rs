@@ -266,6 +266,7 @@ mod tests {
             wifi_ssid: wifi.then(|| "factory-net".into()),
             wifi_password: wifi.then(|| "s3cret-pass".into()),
             ntp_server: None,
+            token_ttl_secs: None,
         }
     }
 

@@ -199,6 +199,8 @@ pub fn build_image(a: &ConfigFields) -> Result<BuiltImage> {
         dps_host: a.dps_host.clone(),
         wifi_ssid: a.wifi_ssid.clone(),
         wifi_password,
+        ntp_server: None,
+        token_ttl_secs: None,
     };
     let image = nvs::build_image(&cfg, size)?;
     // Read it back before writing: what goes to disk is what a board will decode.

@@ -36,7 +36,14 @@ pub mod keys {
     pub const WIFI_SSID: &str = "wifi_ssid";
     pub const WIFI_PASSWORD: &str = "wifi_pass";
     pub const NTP_SERVER: &str = "ntp_server";
+    pub const TOKEN_TTL: &str = "token_ttl";
 }
+
+/// Shortest SAS token lifetime a config may ask for: the hub connection is renewed 120 s
+/// before expiry and needs a minute of use in between.
+pub const MIN_TOKEN_TTL_SECS: u32 = 181;
+/// Longest: a year (a leaked token should not outlive that).
+pub const MAX_TOKEN_TTL_SECS: u32 = 31_536_000;
 
 /// A value as stored in NVS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +97,9 @@ pub struct DeviceConfig {
     /// `host[:port]` of the NTP server (factories without internet time have their own);
     /// `None`: [`DEFAULT_NTP_SERVER`].
     pub ntp_server: Option<String>,
+    /// Lifetime of the SAS tokens the device makes, in seconds (stored as decimal text);
+    /// `None`: the device's default (an hour).
+    pub token_ttl_secs: Option<u32>,
 }
 
 impl fmt::Debug for DeviceConfig {
@@ -109,6 +119,7 @@ impl fmt::Debug for DeviceConfig {
                 &self.wifi_password.as_ref().map(|_| "<redacted>"),
             )
             .field("ntp_server", &self.ntp_server)
+            .field("token_ttl_secs", &self.token_ttl_secs)
             .finish()
     }
 }
@@ -135,6 +146,9 @@ impl DeviceConfig {
         }
         if let Some(ntp) = &self.ntp_server {
             out.push((keys::NTP_SERVER, Value::Str(ntp.clone())));
+        }
+        if let Some(ttl) = self.token_ttl_secs {
+            out.push((keys::TOKEN_TTL, Value::Str(ttl.to_string())));
         }
         for (key, value) in &out {
             check_nvs_entry(key, value)?;
@@ -171,6 +185,13 @@ impl DeviceConfig {
         let wifi_ssid = string(keys::WIFI_SSID)?;
         let wifi_password = string(keys::WIFI_PASSWORD)?;
         let ntp_server = string(keys::NTP_SERVER)?;
+        let token_ttl_secs = match string(keys::TOKEN_TTL)? {
+            None => None,
+            Some(t) => Some(t.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                key: keys::TOKEN_TTL,
+                reason: format!("{t:?} is not a number of seconds"),
+            })?),
+        };
         match get(keys::SCHEMA) {
             Some(Value::U8(SCHEMA_VERSION)) => {}
             Some(Value::U8(v)) => return Err(ConfigError::UnsupportedSchema(v)),
@@ -198,6 +219,7 @@ impl DeviceConfig {
             wifi_ssid,
             wifi_password,
             ntp_server,
+            token_ttl_secs,
         };
         cfg.check_fields()?;
         Ok(cfg)
@@ -222,6 +244,16 @@ impl DeviceConfig {
                 return Err(ConfigError::Invalid {
                     key: keys::NTP_SERVER,
                     reason,
+                });
+            }
+        }
+        if let Some(ttl) = self.token_ttl_secs {
+            if !(MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
+                return Err(ConfigError::Invalid {
+                    key: keys::TOKEN_TTL,
+                    reason: format!(
+                        "{ttl} s; use {MIN_TOKEN_TTL_SECS} s (renewal comes 120 s before expiry) to {MAX_TOKEN_TTL_SECS} s (a year)"
+                    ),
                 });
             }
         }
@@ -322,6 +354,7 @@ fn static_key_name(key: &str) -> &'static str {
         keys::WIFI_SSID,
         keys::WIFI_PASSWORD,
         keys::NTP_SERVER,
+        keys::TOKEN_TTL,
     ]
     .into_iter()
     .find(|k| *k == key)
@@ -345,6 +378,7 @@ mod tests {
             wifi_ssid: Some("factory".into()),
             wifi_password: Some("password1".into()),
             ntp_server: None,
+            token_ttl_secs: None,
         }
     }
 

@@ -245,12 +245,16 @@ fn split<O>(action: Action<O>) -> Result<Action<AppOutput>, O> {
 
 impl DeviceApp {
     /// Checks the settings against the DPS and hub clients and takes `stored` (the cached
-    /// assignment) if it was made for this config.
+    /// assignment) if it was made for this config. A token lifetime in the config wins over
+    /// the settings' (the config is what the factory chose for this board).
     pub fn new(
         config: DeviceConfig,
-        settings: AppSettings,
+        mut settings: AppSettings,
         stored: Option<StoredAssignment>,
     ) -> Result<Self, AppError> {
+        if let Some(ttl) = config.token_ttl_secs {
+            settings.token_ttl_secs = u64::from(ttl);
+        }
         if settings.telemetry_interval_ms == 0 || settings.report_interval_ms == 0 {
             return Err(AppError::Setup(SetupError {
                 field: "telemetry interval",

@@ -52,6 +52,7 @@ extern crate alloc;
 mod app;
 pub mod driver;
 mod error;
+pub mod log;
 pub mod session;
 mod store;
 mod time;

@@ -116,6 +116,7 @@ mod tests {
             wifi_ssid: None,
             wifi_password: None,
             ntp_server: None,
+            token_ttl_secs: None,
         }
     }
 

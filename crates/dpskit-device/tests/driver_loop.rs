@@ -180,6 +180,7 @@ fn config() -> DeviceConfig {
         wifi_ssid: None,
         wifi_password: None,
         ntp_server: None,
+        token_ttl_secs: None,
     }
 }
 
