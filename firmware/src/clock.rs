@@ -1,15 +1,17 @@
-//! Wall-clock time: the RTC, set by SNTP. mbedTLS checks certificate dates against it
+//! Wall-clock time: the time since boot (the system timer, which the scheduler runs on too)
+//! plus the offset SNTP found. mbedTLS checks certificate dates against it
 //! (`hook-wall-clock`); until SNTP has run the clock reads 1970 and certificate checks fail
-//! closed, so nothing can connect with an unset clock.
+//! closed, so nothing can connect with an unset clock. (The RTC is not used: its slow clock
+//! drifts by percents, and QEMU does not run it.)
 
+use core::cell::Cell;
+use critical_section::Mutex;
 use dpskit_firmware_glue::civil;
-use esp_hal::rtc_cntl::Rtc;
 use mbedtls_rs::sys::hook::timer::MbedtlsTimer;
 use mbedtls_rs::sys::hook::wall_clock::MbedtlsWallClock;
-use static_cell::StaticCell;
 
-static RTC: StaticCell<Rtc<'static>> = StaticCell::new();
-static mut CLOCK: Option<&'static Rtc<'static>> = None;
+/// Unix µs at boot; 0 until SNTP.
+static BOOT_UNIX_US: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
 
 /// Seconds since 1970 below which the clock counts as never set (2025-01-01).
 pub const PLAUSIBLE_UNIX_SECS: u64 = 1_735_689_600;
@@ -46,26 +48,21 @@ impl MbedtlsWallClock for Wall {
 static MONOTONIC: Monotonic = Monotonic;
 static WALL: Wall = Wall;
 
-/// Takes the RTC and hooks the clocks into mbedTLS. Call once, before anything uses TLS.
-pub fn init(rtc: Rtc<'static>) {
-    let rtc: &'static Rtc<'static> = RTC.init(rtc);
-    // SAFETY: runs once at boot before any reader of CLOCK and before any mbedTLS call; the
-    // hooked objects are 'static.
+/// Hooks the clocks into mbedTLS. Call once, before anything uses TLS.
+pub fn init() {
+    // SAFETY: runs once at boot before any mbedTLS call; the hooked objects are 'static.
     unsafe {
-        CLOCK = Some(rtc);
         mbedtls_rs::sys::hook::timer::hook_timer(Some(&MONOTONIC));
         mbedtls_rs::sys::hook::wall_clock::hook_wall_clock(Some(&WALL));
     }
 }
 
-fn rtc() -> &'static Rtc<'static> {
-    // SAFETY: CLOCK is written once in `init`, before any task that reads it starts.
-    let clock = unsafe { *core::ptr::addr_of!(CLOCK) };
-    clock.expect("clock::init runs first")
+fn since_boot_us() -> u64 {
+    embassy_time::Instant::now().as_micros()
 }
 
 pub fn now_us() -> u64 {
-    rtc().current_time_us()
+    critical_section::with(|cs| BOOT_UNIX_US.borrow(cs).get()) + since_boot_us()
 }
 
 /// Unix milliseconds (meaningful after SNTP).
@@ -73,6 +70,8 @@ pub fn now_ms() -> u64 {
     now_us() / 1000
 }
 
+/// Sets the clock to `unix_us` now.
 pub fn set_us(unix_us: u64) {
-    rtc().set_current_time_us(unix_us);
+    let boot = unix_us.saturating_sub(since_boot_us());
+    critical_section::with(|cs| BOOT_UNIX_US.borrow(cs).set(boot));
 }

@@ -116,13 +116,14 @@ pub fn load_assignment(flash: &mut Flash, layout: &Layout) -> Option<StoredAssig
     }
 }
 
-pub fn store_assignment(flash: &mut Flash, layout: &Layout, a: &StoredAssignment) {
-    if let Some(mut nvs) = own_nvs(flash, layout) {
-        match store::store_assignment(&mut nvs, a) {
-            Ok(()) => log::info!("assignment cached in NVS"),
-            Err(e) => log::warn!(
-                "could not cache the assignment ({e}); DPS will be asked again at the next boot"
-            ),
-        }
-    }
+/// Caches the assignment; the driver reports a failure (the next boot registers again).
+pub fn store_assignment(
+    flash: &mut Flash,
+    layout: &Layout,
+    a: &StoredAssignment,
+) -> Result<(), String> {
+    let mut nvs = own_nvs(flash, layout).ok_or("no usable nvs partition")?;
+    store::store_assignment(&mut nvs, a).map_err(|e| format!("{e}"))?;
+    log::info!("assignment cached in NVS");
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! dpskit firmware: the platform layer. Reads the config `dpskit write-config` put in the
-//! `dps_cfg` NVS partition, joins Wi-Fi, sets the clock over SNTP, then runs the shared
-//! device logic (DPS registration → IoT Hub) over MQTT 3.1.1 on TLS 1.2.
+//! `dps_cfg` NVS partition, brings the network up, sets the clock over SNTP, then runs the
+//! device application with the very loop and MQTT session the PC's virtual device runs
+//! (`dpskit_device::driver::run` over `dpskit_device::session::Session`).
 //!
-//! All protocol and application logic lives in `dpskit-core` (and the glue crate); this crate
-//! only wires the chip: heap/PSRAM, Wi-Fi, clock, TLS, NVS.
+//! This crate only supplies what a chip has: heap/PSRAM, the network, the clock, TLS
+//! (mbedTLS), entropy (TRNG) and storage (NVS).
 #![no_std]
 #![no_main]
 
@@ -11,7 +12,10 @@ extern crate alloc;
 
 mod clock;
 mod config_store;
-mod mqtt;
+mod heap;
+// Wi-Fi builds get the C library's formatted output from the radio's libraries.
+#[cfg(not(feature = "wifi"))]
+mod libc;
 mod net;
 mod psram;
 mod sntp;
@@ -19,14 +23,16 @@ mod status;
 mod tls;
 
 use config_store::Flash;
-use dpskit_device::{AppOutput, AppSettings, DeviceApp, LinkError};
+use dpskit_device::driver::{self, Command, Control, Entropy, Platform, RunEnd, Storage};
+use dpskit_device::log::Level;
+use dpskit_device::session::{Limits, Session, Sleep};
+use dpskit_device::{AppOutput, AppSettings, DeviceApp, StoredAssignment};
 use dpskit_firmware_glue::descriptor;
 use embassy_executor::Spawner;
 use embassy_net::tcp::client::{TcpClient, TcpClientState};
 use embassy_time::{Duration, Timer};
 use esp_hal::clock::CpuClock;
 use esp_hal::rng::{Trng, TrngSource};
-use esp_hal::rtc_cntl::Rtc;
 use esp_hal::timer::timg::TimerGroup;
 use esp_storage::FlashStorage;
 use log::{error, info, warn};
@@ -44,8 +50,8 @@ const _: () = assert!(
     descriptor::fits(env!("CARGO_PKG_NAME")) && descriptor::fits(env!("CARGO_PKG_VERSION"))
 );
 
-/// Heap in internal RAM outside the reclaimed bootloader region, in KB.
-const HEAP_KB: usize = 48;
+/// How often the heap and RSSI numbers the app reports are refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Logs `why` every minute, forever: a board without a usable config must not crash-loop.
 async fn wait_forever(why: &dyn core::fmt::Display) -> ! {
@@ -73,90 +79,59 @@ async fn load_config(
     }
 }
 
-/// What the platform does with the application's outputs.
-struct Board {
-    flash: Flash,
-    layout: config_store::Layout,
-    rng: Trng,
+/// The RTC, set by SNTP.
+struct RtcClock;
+impl driver::Clock for RtcClock {
+    fn now_ms(&self) -> u64 {
+        clock::now_ms()
+    }
 }
 
-impl mqtt::Host<DeviceApp> for Board {
-    fn output(&mut self, _app: &mut DeviceApp, output: AppOutput) {
-        match output {
-            AppOutput::StoreAssignment(a) => {
-                config_store::store_assignment(&mut self.flash, &self.layout, &a)
-            }
-            AppOutput::RebootRequested => {
-                warn!("rebooting (direct method `reboot`)");
-                esp_hal::delay::Delay::new().delay_millis(200);
-                esp_hal::system::software_reset();
-            }
-            AppOutput::C2d(m) => {
-                let body = core::str::from_utf8(&m.body).unwrap_or("<binary>");
-                let shown = body.get(..body.len().min(256)).unwrap_or("<binary>");
-                info!(
-                    "C2D message ({} bytes, {} properties): {shown}",
-                    m.body.len(),
-                    m.properties.len()
-                );
-            }
-            AppOutput::Failed(e) => error!("{e}"),
-            AppOutput::Warning(w) => warn!("{w}"),
-            AppOutput::HubRefused { error, then } => warn!("{error}; {then}"),
-            AppOutput::StoredAssignmentIgnored { reason } => {
-                info!("cached assignment not used: {reason}")
-            }
-            AppOutput::UsingStoredAssignment { hub, device_id } => {
-                info!("using the cached assignment: hub {hub}, device {device_id}")
-            }
-            AppOutput::Registering { dps_host, reason } => {
-                info!("registering with DPS at {dps_host} ({reason:?})")
-            }
-            AppOutput::Provisioned { hub, device_id, .. } => {
-                info!("DPS assigned hub {hub}, device {device_id}")
-            }
-            AppOutput::HubConnected { hub, device_id, .. } => {
-                info!("connected to IoT Hub {hub} as {device_id}")
-            }
-            AppOutput::HubDisconnected {
-                reconnect_at_ms,
-                cause,
-            } => {
-                let secs = reconnect_at_ms.saturating_sub(clock::now_ms()) / 1000;
-                match cause {
-                    Some(c) => warn!("IoT Hub connection down ({c}); next try in {secs} s"),
-                    None => warn!("IoT Hub connection down; next try in {secs} s"),
-                }
-            }
-            AppOutput::TelemetrySent { seq, message } => {
-                info!("telemetry {seq:?} sent ({} bytes)", message.body.len())
-            }
-            AppOutput::MethodCalled { name, status, .. } => {
-                info!("direct method {name} answered {status}")
-            }
-            AppOutput::TelemetryIntervalChanged { secs } => info!("telemetry every {secs} s"),
-            AppOutput::Finished { messages_sent } => {
-                info!("finished after {messages_sent} messages")
-            }
-            other => log::debug!("{other:?}"),
-        }
+/// embassy-time's timer.
+struct EmbassySleep;
+impl Sleep for EmbassySleep {
+    async fn sleep_ms(&self, ms: u64) {
+        Timer::after(Duration::from_millis(ms)).await
     }
+}
 
-    fn before_tick(&mut self, app: &mut DeviceApp) {
-        app.set_status(status::read());
-        if let Some(Err(e)) = app.outcome() {
-            // Stopped for good (e.g. a certificate that cannot verify): say why, every tick.
-            error!("{e}");
-            error!("not connecting; fix the above and reset the board");
-        }
+struct Rng(Trng);
+impl Entropy for Rng {
+    fn random_u32(&mut self) -> u32 {
+        self.0.random()
     }
+}
 
-    fn random(&mut self) -> u32 {
-        self.rng.random()
+/// The assignment cache in the firmware's own `nvs` partition.
+struct Nvs {
+    flash: Flash,
+    layout: config_store::Layout,
+}
+impl Storage for Nvs {
+    fn load(&mut self) -> Option<StoredAssignment> {
+        config_store::load_assignment(&mut self.flash, &self.layout)
     }
+    fn save(&mut self, a: &StoredAssignment) -> Result<(), alloc::string::String> {
+        config_store::store_assignment(&mut self.flash, &self.layout, a)
+    }
+}
 
-    fn link_failed(&mut self, app: &mut DeviceApp, error: LinkError) {
-        app.link_failed(error);
+/// Fresh platform numbers for the app every [`STATUS_EVERY`].
+struct StatusUpdates;
+impl Control for StatusUpdates {
+    async fn next_command(&mut self) -> Command {
+        Timer::after(STATUS_EVERY).await;
+        Command::Status(status::read())
+    }
+}
+
+/// Each output as one log line, in the words the virtual device uses too.
+fn log_output(output: &AppOutput) {
+    match output.log_line() {
+        Some((Level::Info, line)) => info!("{line}"),
+        Some((Level::Warn, line)) => warn!("{line}"),
+        Some((Level::Error, line)) => error!("{line}"),
+        None => {}
     }
 }
 
@@ -164,13 +139,9 @@ impl mqtt::Host<DeviceApp> for Board {
 async fn main(spawner: Spawner) -> ! {
     esp_println::logger::init_logger_from_env();
     let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(CpuClock::max()));
-
-    // Heap: the RAM the second-stage bootloader used (free after boot) plus a static part.
-    esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
-    esp_alloc::heap_allocator!(size: HEAP_KB * 1024);
+    heap::init();
     #[cfg(feature = "esp32s3")]
     psram::init(peripherals.PSRAM);
-
     info!(
         "{} {} starting",
         descriptor::PROJECT_NAME,
@@ -180,7 +151,7 @@ async fn main(spawner: Spawner) -> ! {
     let timg0 = TimerGroup::new(peripherals.TIMG0);
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
-    clock::init(Rtc::new(peripherals.RTC_TIMER));
+    clock::init();
 
     let mut flash = Flash(FlashStorage::new(peripherals.FLASH));
     let layout = match config_store::find_partitions(&mut flash) {
@@ -198,6 +169,7 @@ async fn main(spawner: Spawner) -> ! {
 
     let _trng_source = TrngSource::new(peripherals.RNG, peripherals.ADC1);
     let rng = Trng::try_new().expect("TRNG source is enabled above");
+    heap::route_tls_allocations();
     static TLS_RNG: StaticCell<Trng> = StaticCell::new();
     let tls = match Tls::new(TLS_RNG.init(rng.clone())) {
         Ok(t) => t,
@@ -214,35 +186,64 @@ async fn main(spawner: Spawner) -> ! {
     };
 
     let seed = (u64::from(rng.random()) << 32) | u64::from(rng.random());
-    let stack = match net::start(
-        &spawner,
-        peripherals.WIFI,
-        cfg.wifi_ssid.as_deref(),
-        cfg.wifi_password.as_deref(),
-        seed,
-    ) {
+    let hardware = net::Hardware {
+        #[cfg(feature = "wifi")]
+        wifi: peripherals.WIFI,
+    };
+    let stack = match net::start(&spawner, hardware, &cfg, seed) {
         Ok(s) => s,
         Err(e) => wait_forever(&e).await,
     };
     net::wait_ip(stack).await;
-    sntp::sync(stack).await;
+    let (ntp, ntp_port) = cfg.ntp_server();
+    sntp::sync(stack, ntp, ntp_port).await;
 
     static TCP: StaticCell<TcpClientState<1, { tls::TCP_TX }, { tls::TCP_RX }>> = StaticCell::new();
     let tcp = TcpClient::new(stack, TCP.init(TcpClientState::new()));
-    let net = mqtt::Net {
+    let connector = tls::TlsConnector {
         stack,
         tcp: &tcp,
         tls: tls.reference(),
         roots: &roots,
     };
 
-    let stored = config_store::load_assignment(&mut flash, &layout);
+    let mut storage = Nvs { flash, layout };
+    let stored = storage.load();
     let settings = AppSettings::new(env!("CARGO_PKG_VERSION"));
     let mut app = match DeviceApp::new(cfg, settings, stored) {
         Ok(app) => app,
         Err(e) => wait_forever(&e).await,
     };
     app.set_status(status::read());
-    let mut board = Board { flash, layout, rng };
-    mqtt::run(&net, &mut app, &mut board).await
+    let limits = Limits {
+        // A DPS answer is at most ~96 KB, a C2D message 64 KB plus its topic.
+        max_packet: 100 * 1024,
+        ..Limits::default()
+    };
+    let mut session = Session::new(&connector, EmbassySleep, &RtcClock, limits);
+    let platform = Platform {
+        clock: &RtcClock,
+        entropy: &mut Rng(rng),
+        storage: &mut storage,
+    };
+    let end = driver::run(
+        &mut app,
+        &mut session,
+        &mut StatusUpdates,
+        platform,
+        log_output,
+    )
+    .await;
+    match end {
+        RunEnd::Reboot => {
+            // The `reboot` method was answered and the connection closed: restart; the next
+            // boot goes straight to the hub on the cached assignment.
+            esp_hal::delay::Delay::new().delay_millis(100);
+            esp_hal::system::software_reset()
+        }
+        RunEnd::Failed(e) => wait_forever(&e).await,
+        RunEnd::Finished { messages_sent } => {
+            wait_forever(&format_args!("stopped after {messages_sent} messages")).await
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The platform numbers the device reports: heap, PSRAM, largest free block, Wi-Fi RSSI.
+//! The platform numbers the device reports: heap and PSRAM (free and peak), largest free
+//! block, Wi-Fi RSSI.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicI32, Ordering};
@@ -34,6 +35,7 @@ pub fn read() -> PlatformStatus {
     let rssi = RSSI.load(Ordering::Relaxed);
     let psram =
         crate::psram::present().then(|| HEAP.free_caps(MemoryCapability::External.into()) as u32);
+    let (peak_internal, peak_external) = crate::heap::peaks();
     PlatformStatus {
         uptime_ms: Some(
             esp_hal::time::Instant::now()
@@ -42,6 +44,8 @@ pub fn read() -> PlatformStatus {
         ),
         free_heap: Some(HEAP.free_caps(MemoryCapability::Internal.into()) as u32),
         free_psram: psram,
+        peak_heap: Some(peak_internal as u32),
+        peak_psram: crate::psram::present().then_some(peak_external as u32),
         largest_free_block: Some(largest_internal_block() as u32),
         rssi_dbm: (rssi != i32::MIN).then_some(rssi as i16),
     }

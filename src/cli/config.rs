@@ -57,6 +57,14 @@ pub struct ConfigFields {
     /// File holding the Wi-Fi password (a secret, so never an argument).
     #[arg(long, value_name = "FILE")]
     pub wifi_password_file: Option<PathBuf>,
+    /// NTP server the board sets its clock from: IP address or host name, optional `:PORT`
+    /// (default pool.ntp.org; factories without internet time name their own).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub ntp_server: Option<String>,
+    /// Lifetime of the SAS tokens the board makes, in seconds (181 to 31536000; default an
+    /// hour). The board renews its hub connection 120 s before expiry.
+    #[arg(long, value_name = "SECS")]
+    pub token_ttl: Option<u32>,
     /// NVS partition size, as in the partition table (multiple of 0x1000, at least 0x3000).
     #[arg(long, default_value = "0x6000")]
     pub size: String,
@@ -199,8 +207,8 @@ pub fn build_image(a: &ConfigFields) -> Result<BuiltImage> {
         dps_host: a.dps_host.clone(),
         wifi_ssid: a.wifi_ssid.clone(),
         wifi_password,
-        ntp_server: None,
-        token_ttl_secs: None,
+        ntp_server: a.ntp_server.clone(),
+        token_ttl_secs: a.token_ttl,
     };
     let image = nvs::build_image(&cfg, size)?;
     // Read it back before writing: what goes to disk is what a board will decode.
@@ -248,6 +256,7 @@ fn build(a: BuildArgs) -> Result<()> {
     };
     println!("  device key:      {} ({how})", cfg.device_key.masked());
     println!("  DPS host:        {}", cfg.dps_host);
+    print_optional(&cfg);
     for c in &certs {
         println!(
             "  root CA:         {} (expires {})",
@@ -267,6 +276,16 @@ fn build(a: BuildArgs) -> Result<()> {
         None => println!("  Wi-Fi:           not set"),
     }
     Ok(())
+}
+
+/// The keys a config carries only when set.
+fn print_optional(cfg: &DeviceConfig) {
+    if let Some(ntp) = &cfg.ntp_server {
+        println!("  NTP server:      {ntp}");
+    }
+    if let Some(ttl) = cfg.token_ttl_secs {
+        println!("  token lifetime:  {ttl} s");
+    }
 }
 
 fn show(a: ShowArgs) -> Result<()> {
@@ -313,6 +332,8 @@ fn show(a: ShowArgs) -> Result<()> {
             "device_key_fingerprint": cfg.device_key.fingerprint(),
             "wifi_ssid": cfg.wifi_ssid,
             "wifi_password": password_text,
+            "ntp_server": cfg.ntp_server,
+            "token_ttl_secs": cfg.token_ttl_secs,
             "root_cas": root_cas,
             "root_ca_error": root_ca_error,
         });
@@ -330,6 +351,7 @@ fn show(a: ShowArgs) -> Result<()> {
     println!("  ID scope:        {}", cfg.id_scope);
     println!("  registration ID: {}", cfg.registration_id);
     println!("  DPS host:        {}", cfg.dps_host);
+    print_optional(&cfg);
     println!("  device key:      {key_text}");
     println!("  key fingerprint: sha256:{}", cfg.device_key.fingerprint());
     match &cfg.wifi_ssid {

@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod backoff;
+pub mod chip;
 pub mod config;
 pub mod diagnosis;
 pub mod dps;

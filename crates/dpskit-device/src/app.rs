@@ -91,6 +91,10 @@ pub struct PlatformStatus {
     pub uptime_ms: Option<u64>,
     pub free_heap: Option<u32>,
     pub free_psram: Option<u32>,
+    /// Most internal heap in use at once since boot (TLS handshakes set it, if anything).
+    pub peak_heap: Option<u32>,
+    /// Most PSRAM in use at once since boot.
+    pub peak_psram: Option<u32>,
     pub largest_free_block: Option<u32>,
     pub rssi_dbm: Option<i16>,
 }
@@ -827,9 +831,11 @@ impl DeviceApp {
     /// The platform numbers that are known, under their JSON names.
     fn status_fields(&self, m: &mut Map<String, Value>) {
         let s = &self.status;
-        let fields: [(&str, Option<i64>); 4] = [
+        let fields: [(&str, Option<i64>); 6] = [
             ("freeHeap", s.free_heap.map(i64::from)),
             ("freePsram", s.free_psram.map(i64::from)),
+            ("peakHeap", s.peak_heap.map(i64::from)),
+            ("peakPsram", s.peak_psram.map(i64::from)),
             ("largestFreeBlock", s.largest_free_block.map(i64::from)),
             ("rssi", s.rssi_dbm.map(i64::from)),
         ];

@@ -38,6 +38,10 @@ pub trait Connector {
     /// [`LinkErrorKind::Certificate`] naming the CA, unreachable hosts as
     /// [`LinkErrorKind::Unreachable`].
     async fn open<'a>(&'a self, host: &str, port: u16) -> Result<Self::Stream<'a>, LinkError>;
+    /// Ends the stream politely (TLS close_notify); dropping it must also be safe.
+    async fn close<'a>(&'a self, stream: Self::Stream<'a>) {
+        drop(stream);
+    }
 }
 
 /// Waiting, in the platform's timer (embassy-time, tokio).
@@ -239,7 +243,11 @@ impl<'a, C: Connector, S: Sleep, K: Clock> MqttSession for Session<'a, C, S, K> 
         if let Some(mut conn) = self.conn.take() {
             packet::disconnect(&mut conn.outbox);
             // Best effort: the connection is being dropped either way.
-            let _ = first(conn.flush(self.clock), self.sleep.sleep_ms(2000)).await;
+            let closing = async {
+                let _ = conn.flush(self.clock).await;
+                self.connector.close(conn.stream).await;
+            };
+            let _ = first(closing, self.sleep.sleep_ms(2000)).await;
         }
     }
 

@@ -207,6 +207,8 @@ fn full_life_dps_hub_methods_twin_renewal_refusal_and_reregistration() {
     app.set_status(PlatformStatus {
         free_heap: Some(180_000),
         free_psram: Some(8_000_000),
+        peak_heap: None,
+        peak_psram: None,
         largest_free_block: Some(110_000),
         rssi_dbm: Some(-61),
         uptime_ms: None,

@@ -6,7 +6,6 @@ use dpskit_core::config::{self, keys};
 use dpskit_core::key::GroupKey;
 use dpskit_core::{Action, Assignment, Event};
 use dpskit_device::{AppSettings, DeviceApp};
-use dpskit_firmware_glue::machine::Machine;
 use dpskit_firmware_glue::partitions::{DPS_CFG_OFFSET, DPS_CFG_SIZE, NVS_OFFSET, NVS_SIZE};
 use dpskit_firmware_glue::store::{
     self, load_assignment, open_config_partition, read_config, store_assignment, ConfigReadError,
@@ -219,7 +218,7 @@ fn assignment_cache_survives_a_reboot() {
     // And the app goes straight to the cached hub.
     let mut app =
         DeviceApp::new(cfg.clone(), AppSettings::new("0.1.0"), Some(back.clone())).unwrap();
-    let actions = Machine::handle(&mut app, 1_800_000_000_000, Event::Start);
+    let actions = app.handle(1_800_000_000_000, Event::Start);
     assert!(
         actions
             .iter()

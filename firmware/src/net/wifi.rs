@@ -1,17 +1,12 @@
-//! Wi-Fi station + DHCP + DNS (esp-radio under embassy-net).
+//! Wi-Fi station (esp-radio under embassy-net): joins the config's network and stays joined.
 
 use core::sync::atomic::Ordering;
-use embassy_executor::Spawner;
-use embassy_net::{Config, Runner, Stack, StackResources};
+use embassy_net::Runner;
 use embassy_time::{Duration, Timer};
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{
     AuthenticationMethodConfig, Config as WifiConfig, ControllerConfig, Interface, WifiController,
 };
-use static_cell::StaticCell;
-
-/// Sockets: DHCP, DNS, the SNTP UDP socket and one TCP connection at a time.
-const SOCKETS: usize = 4;
 
 /// Why Wi-Fi cannot start; logged, then the board waits.
 #[derive(Debug)]
@@ -33,14 +28,12 @@ impl core::fmt::Display for WifiSetupError {
     }
 }
 
-/// Starts Wi-Fi with the config's credentials; returns the network stack (DHCP running).
-pub fn start(
-    spawner: &Spawner,
+/// The Wi-Fi controller for the config's credentials, and the station interface.
+pub fn controller(
     wifi: esp_hal::peripherals::WIFI<'static>,
     ssid: Option<&str>,
     password: Option<&str>,
-    seed: u64,
-) -> Result<Stack<'static>, WifiSetupError> {
+) -> Result<(WifiController<'static>, Interface), WifiSetupError> {
     let ssid = ssid.ok_or(WifiSetupError::NoSsid)?;
     let auth = match password.filter(|p| !p.is_empty()) {
         None => AuthenticationMethodConfig::Open,
@@ -56,24 +49,13 @@ pub fn start(
         ControllerConfig::default().with_initial_config(WifiConfig::Station(station)),
     )
     .map_err(WifiSetupError::Driver)?;
-    let device = Interface::station();
-
-    static RESOURCES: StaticCell<StackResources<SOCKETS>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(
-        device,
-        Config::dhcpv4(Default::default()),
-        RESOURCES.init(StackResources::new()),
-        seed,
-    );
-    spawner.spawn(connection_task(controller).expect("the Wi-Fi task starts once"));
-    spawner.spawn(net_task(runner).expect("the network task starts once"));
     log::info!("Wi-Fi: joining {ssid:?}");
-    Ok(stack)
+    Ok((controller, Interface::station()))
 }
 
 /// Keeps the station connected (reconnecting with a capped backoff) and publishes the RSSI.
 #[embassy_executor::task]
-async fn connection_task(mut controller: WifiController<'static>) {
+pub async fn connection_task(mut controller: WifiController<'static>) {
     let mut delay_s = 1u64;
     loop {
         match controller.connect_async().await {
@@ -106,15 +88,6 @@ async fn connection_task(mut controller: WifiController<'static>) {
 }
 
 #[embassy_executor::task]
-async fn net_task(mut runner: Runner<'static, Interface>) {
+pub async fn net_task(mut runner: Runner<'static, Interface>) {
     runner.run().await
-}
-
-/// Waits for an IPv4 address from DHCP.
-pub async fn wait_ip(stack: Stack<'static>) {
-    stack.wait_link_up().await;
-    stack.wait_config_up().await;
-    if let Some(c) = stack.config_v4() {
-        log::info!("network: address {}", c.address);
-    }
 }
