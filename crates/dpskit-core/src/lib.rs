@@ -27,6 +27,7 @@ pub mod key;
 pub mod mqtt;
 pub mod packet;
 pub mod sas;
+pub mod sntp;
 pub mod topic;
 mod url;
 
