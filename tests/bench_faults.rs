@@ -5,10 +5,10 @@
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::Status;
-use dpskit::bench::provision::{run_batch, Outcome, RunOptions};
-use dpskit::bench::station::Station;
-use dpskit::sim::{CorruptReply, Faults, SimBoardConfig, VirtualBoard};
+use dpskit_factory::station::ledger::Status;
+use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
+use dpskit_factory::station::Station;
+use dpskit_rehearsal::sim::{CorruptReply, Faults, SimBoardConfig, VirtualBoard};
 use std::sync::atomic::AtomicBool;
 
 /// The stub's `READ_FLASH`: the board goes silent while it is being inspected. (Stalls later

@@ -7,7 +7,7 @@ mod bench_support;
 
 use base64::Engine;
 use bench_support::*;
-use dpskit::sim::{Faults, PsramSize, SimBoardConfig};
+use dpskit_rehearsal::sim::{Faults, PsramSize, SimBoardConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -141,7 +141,7 @@ fn station_workflow_leaks_no_group_key_anywhere() {
     let rows = rig.rows();
     let done = rows
         .iter()
-        .find(|r| r.status == dpskit::bench::ledger::Status::Done)
+        .find(|r| r.status == dpskit_factory::station::ledger::Status::Done)
         .unwrap()
         .clone();
     for args in [
@@ -250,7 +250,7 @@ fn station_workflow_leaks_no_group_key_anywhere() {
         }
     }
     // Derived keys: on their own board only; never in the ledger, exports or output.
-    let group = dpskit::core::GroupKey::parse(GROUP_KEY, "test").unwrap();
+    let group = dpskit_factory::core::GroupKey::parse(GROUP_KEY, "test").unwrap();
     for row in &rows {
         let dk = group.derive(&row.registration_id).to_base64();
         for (what, hay) in &haystacks {
@@ -258,13 +258,15 @@ fn station_workflow_leaks_no_group_key_anywhere() {
                 let i = rig
                     .boards
                     .iter()
-                    .position(|b| dpskit::bench::assign::Mac(b.mac()).to_string() == row.mac)
+                    .position(|b| {
+                        dpskit_factory::station::assign::Mac(b.mac()).to_string() == row.mac
+                    })
                     .unwrap();
                 Path::new(what) == rig.boards[i].flash_path()
             };
             assert_eq!(
                 contains(hay, dk.as_bytes()),
-                on_own_board && row.status == dpskit::bench::ledger::Status::Done,
+                on_own_board && row.status == dpskit_factory::station::ledger::Status::Done,
                 "{}'s device key vs {what}",
                 row.registration_id
             );

@@ -4,8 +4,8 @@
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::{Ledger, Status};
-use dpskit::sim::SimBoardConfig;
+use dpskit_factory::station::ledger::{Ledger, Status};
+use dpskit_rehearsal::sim::SimBoardConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Read;

@@ -41,9 +41,10 @@ impl Bench {
         self.dir.path().join(name)
     }
 
+    /// Writes a fixture file readable by its owner only, as key and password files should be.
     fn write(&self, name: &str, text: &str) -> String {
         let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
+        dpskit_factory::files::write_private_file(&p, text.as_bytes()).unwrap();
         p.to_str().unwrap().to_string()
     }
 
@@ -604,7 +605,7 @@ fn partition_template() {
     assert!(dps.size() >= 0x3000);
     assert_eq!(
         dps.size() as usize,
-        dpskit::blob::nvs::DEFAULT_SIZE,
+        dpskit_factory::blob::nvs::DEFAULT_SIZE,
         "matches --size's default"
     );
     assert!(
@@ -674,10 +675,11 @@ fn station_template() {
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    assert_eq!(roots, dpskit::blob::roots::DEFAULT_ROOTS);
+    assert_eq!(roots, dpskit_factory::blob::roots::DEFAULT_ROOTS);
     assert_eq!(v["partition"]["name"], "dps_cfg");
-    let size = dpskit::blob::nvs::parse_size(v["partition"]["nvs_size"].as_str().unwrap()).unwrap();
-    assert_eq!(size, dpskit::blob::nvs::DEFAULT_SIZE);
+    let size = dpskit_factory::blob::nvs::parse_size(v["partition"]["nvs_size"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(size, dpskit_factory::blob::nvs::DEFAULT_SIZE);
     assert!(v["wifi"]["ssid"].is_string() && v["wifi"]["password_file"].is_string());
 }
 
@@ -702,10 +704,10 @@ fn root_ca_emulator_uses_the_emulators_ca() {
     };
     run(false);
     assert!(!out.exists());
-    dpskit::cloud::certs::load_or_create(&state, &[]).unwrap();
+    dpskit_rehearsal::emulator::certs::load_or_create(&state, &[]).unwrap();
     run(true);
-    let cfg = dpskit::blob::nvs::decode_image(&std::fs::read(&out).unwrap()).unwrap();
-    let ca = std::fs::read_to_string(dpskit::cloud::ca_path(&state)).unwrap();
+    let cfg = dpskit_factory::blob::nvs::decode_image(&std::fs::read(&out).unwrap()).unwrap();
+    let ca = std::fs::read_to_string(dpskit_rehearsal::emulator::ca_path(&state)).unwrap();
     assert!(
         cfg.root_ca_pem.contains(ca.lines().nth(1).unwrap()),
         "the emulator CA must be in the image"

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dpskit::sim::efuse::format_mac;
-use dpskit::sim::protocol::op;
-use dpskit::sim::{
+use dpskit_rehearsal::sim::efuse::format_mac;
+use dpskit_rehearsal::sim::protocol::op;
+use dpskit_rehearsal::sim::{
     spawn_batch, BoardState, ChipKind, CorruptReply, EfuseProfile, EmbeddedFlash, Faults,
     FlashVendor, PsramSize, PsramVendor, ResetBehaviour, Revision, Security, SimBoardConfig,
     VirtualBoard,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dpskit::sim::{
+use dpskit_rehearsal::sim::{
     BoardState, ChipKind, EfuseProfile, EmbeddedFlash, Faults, FlashVendor, PsramSize, PsramVendor,
     Revision, Security, SimBoardConfig, VirtualBoard,
 };

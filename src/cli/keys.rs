@@ -1,12 +1,13 @@
 //! `dpskit derive`, `dpskit verify`, `dpskit sas`: everything about keys and tokens.
 
-use crate::error::CheckFailed;
-use crate::keys::{self, batch, verify};
-use crate::secrets::{read_secret_file, write_private_file, GroupKeyArgs};
+use super::key_args::{read_secret_file, GroupKeyArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use dpskit_core::sas::{dps_resource, hub_resource, human_duration, SasToken};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::error::CheckFailed;
+use dpskit_factory::files::write_private_file;
+use dpskit_factory::keys::{self, batch, verify};
 use std::io::Write;
 use std::path::PathBuf;
 
