@@ -178,7 +178,6 @@ mod tests {
     //! Runs the example against the in-process emulator (built and run by `cargo test`).
     use super::*;
     use dpskit_rehearsal::emulator::{EmulatorConfig, Group};
-    use std::os::unix::fs::PermissionsExt;
 
     const GROUP_KEY: &str =
         "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
@@ -219,7 +218,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(images.len(), 3);
+        #[cfg(unix)]
         for (_, p) in &images {
+            use std::os::unix::fs::PermissionsExt;
             assert_eq!(
                 std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
                 0o600

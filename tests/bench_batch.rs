@@ -1,5 +1,7 @@
 //! A batch of virtual boards provisioned in parallel: distinct IDs, verified flash, idempotent
 //! re-runs, manifest and template assignment, dry runs and foreign configs.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

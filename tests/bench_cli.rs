@@ -1,5 +1,7 @@
 //! The bench commands as an operator meets them: `init`, a bad station file (every problem at
 //! once, exit 2, nothing written), bad flags, and the ledger commands on a missing ledger.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

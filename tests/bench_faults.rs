@@ -1,6 +1,8 @@
 //! Fault injection: a dropped line mid-write, a stalled board and corrupt replies fail only
 //! those boards; after the faults are cleared a re-run completes them with the IDs they were
 //! given, and leaves the others alone.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

@@ -1,5 +1,7 @@
 //! kill -9 of `dpskit provision` mid-batch, then a re-run: no ID on two boards, no board
 //! marked done without verification, and every board finished.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

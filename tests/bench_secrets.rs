@@ -2,6 +2,8 @@
 //! then the group-key scan: its bytes (raw, base64, hex) appear in no output of the batch — not
 //! stdout or stderr, not the ledger, not the exports, not on any board. The derived keys appear
 //! only on the boards they belong to.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

@@ -1,5 +1,7 @@
 //! `provision --watch`: boards are provisioned as their ports appear, a board plugged in again
 //! is recognised, and Ctrl-C lets the board in flight finish before the summary.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 

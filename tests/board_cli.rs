@@ -1,5 +1,7 @@
 //! `dpskit inspect` and `dpskit write-config` through the real binary and the real espflash
 //! client, against virtual ESP32-S3 boards on pseudo-terminals (no hardware).
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use assert_cmd::Command;
 use dpskit_rehearsal::sim::{

@@ -1,5 +1,7 @@
 //! The real espflash library against virtual boards over real pseudo-terminals: ROM and stub
 //! connections, device info, eFuse decoding, security info, writes, MD5, reads, and faults.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

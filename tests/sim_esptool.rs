@@ -4,6 +4,8 @@
 //! security info, and failures.
 //!
 //! esptool must be installed (`pip install esptool`); without it these tests fail.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};

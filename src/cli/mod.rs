@@ -12,11 +12,17 @@ pub mod keys;
 
 #[cfg(feature = "rehearsal")]
 pub mod cloud;
-#[cfg(feature = "rehearsal")]
+#[cfg(all(feature = "rehearsal", unix))]
+pub mod demo;
+#[cfg(all(feature = "rehearsal", not(unix)))]
+#[path = "unix_only.rs"]
 pub mod demo;
 #[cfg(feature = "rehearsal")]
 pub mod device;
-#[cfg(feature = "rehearsal")]
+#[cfg(all(feature = "rehearsal", unix))]
+pub mod sim;
+#[cfg(all(feature = "rehearsal", not(unix)))]
+#[path = "unix_only.rs"]
 pub mod sim;
 
 /// dpskit — from the factory bench to Azure IoT Hub (DPS symmetric-key group enrollment).

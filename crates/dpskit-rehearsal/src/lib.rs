@@ -5,7 +5,9 @@
 //! itself is portable), [`emulator`] a local DPS + IoT Hub, [`device`] the board's application
 //! on the PC (the virtual device), [`demo`] all of it with the factory bench in one command.
 
+#[cfg(unix)]
 pub mod demo;
 pub mod device;
 pub mod emulator;
+#[cfg(unix)]
 pub mod sim;

@@ -237,7 +237,6 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn creates_once_reuses_and_reissues_for_new_sans() {
@@ -245,9 +244,13 @@ mod tests {
         let first = load_or_create(dir.path(), &[]).unwrap();
         assert!(first.created_ca && first.issued_leaf);
         let ca = std::fs::read(&first.ca_cert).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path().join(CA_KEY_FILE)), 0o600);
-        assert_eq!(mode(&first.server_key), 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join(CA_KEY_FILE)), 0o600);
+            assert_eq!(mode(&first.server_key), 0o600);
+        }
 
         let second = load_or_create(dir.path(), &[]).unwrap();
         assert!(!second.created_ca && !second.issued_leaf);
