@@ -17,3 +17,4 @@ pub mod interrupt;
 pub mod keys;
 pub mod station;
 pub mod table;
+pub mod timestamp;

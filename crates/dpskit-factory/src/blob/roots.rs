@@ -189,11 +189,7 @@ impl CertInfo {
     }
 }
 
-/// `2038-01-15T12:00:00Z`.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
+pub use crate::timestamp::rfc3339;
 
 /// One certificate: its canonical PEM text and what it says about itself.
 #[derive(Debug, Clone)]

@@ -21,9 +21,4 @@ pub mod templates {
     pub const PARTITIONS_CSV: &str = include_str!("../../../../templates/partitions.csv");
 }
 
-/// The current time as RFC 3339 (UTC), the form every ledger timestamp uses.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "unknown".into())
-}
+pub use crate::timestamp::now_rfc3339;

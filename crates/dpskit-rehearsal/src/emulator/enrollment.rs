@@ -287,11 +287,7 @@ pub fn validate(
     let token = match SasToken::parse(password) {
         Ok(t) => t,
         Err(e) => {
-            return Err(Rejection::unauthorized(not_a_token(
-                group,
-                password,
-                &e.to_string(),
-            )))
+            return Err(Rejection::unauthorized(not_a_token(group, password, &e)))
         }
     };
     match (&audience, token.skn.as_deref()) {
@@ -440,21 +436,12 @@ fn signature_key(
     ))
 }
 
-/// Explains a password that is not a SAS token at all.
-fn not_a_token(group: &Group, password: &str, parse_error: &str) -> String {
-    let text = dpskit_core::key::clean_key_text(password);
-    if text == group.primary.to_base64()
-        || group
-            .secondary
-            .as_ref()
-            .is_some_and(|s| text == s.to_base64())
-    {
-        return "the password is the enrollment group key itself; the device must hold the derived key (`dpskit derive`) and send a SAS token signed with it".into();
-    }
-    if DeviceKey::parse(text, "key").is_ok() {
-        return "the password is a bare key; send a SAS token (SharedAccessSignature sr=…&sig=…&se=…) signed with it".into();
-    }
-    format!("the password is not a SAS token: {parse_error}")
+/// Explains a password that is not a SAS token at all (the rule lives in the core).
+fn not_a_token(group: &Group, password: &str, parse_error: &dpskit_core::sas::SasError) -> String {
+    let keys: Vec<&GroupKey> = std::iter::once(&group.primary)
+        .chain(group.secondary.as_ref())
+        .collect();
+    dpskit_core::sas::not_a_token("the password", password, &keys, parse_error)
 }
 
 #[cfg(test)]

@@ -146,14 +146,7 @@ impl Journal {
     }
 }
 
-/// UTC now as RFC 3339 with milliseconds (`2024-05-01T12:00:00.123Z`), as DPS timestamps.
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&fmt).unwrap_or_default()
-}
+pub(crate) use dpskit_factory::timestamp::now_rfc3339_millis as now_rfc3339;
 
 /// An empty extra for [`Journal::note`].
 pub(crate) fn none() -> Value {
