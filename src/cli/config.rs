@@ -137,6 +137,11 @@ fn wifi_password(a: &ConfigFields) -> Result<Option<String>> {
 /// A `--root-ca` value: `emulator` (the local emulator's CA, from its state directory), a
 /// bundled name, or a file.
 fn root_source(arg: &str) -> Result<RootSource> {
+    #[cfg(not(feature = "rehearsal"))]
+    if arg.eq_ignore_ascii_case("emulator") {
+        bail!("--root-ca emulator: this dpskit was built without the rehearsal tools (the emulator); give the emulator's ca.pem as a file");
+    }
+    #[cfg(feature = "rehearsal")]
     if arg.eq_ignore_ascii_case("emulator") {
         let dir = dpskit_rehearsal::emulator::default_state_dir();
         let path = dpskit_rehearsal::emulator::ca_path(&dir);

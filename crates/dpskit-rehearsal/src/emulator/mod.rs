@@ -57,7 +57,8 @@ pub const ADMIN_FILE: &str = "admin.json";
 const REGISTRATIONS_FILE: &str = "registrations.jsonl";
 
 /// The state directory when none is given: `$DPSKIT_EMULATOR_DIR`, else
-/// `$XDG_STATE_HOME/dpskit/emulator`, else `~/.local/state/dpskit/emulator`, else
+/// `$XDG_STATE_HOME/dpskit/emulator`, else (Windows) `%LOCALAPPDATA%\dpskit\emulator`, else
+/// `~/.local/state/dpskit/emulator`, else
 /// `./.dpskit-emulator`. Per user, not per working directory, so `dpskit config build
 /// --root-ca emulator` finds the CA from anywhere.
 pub fn default_state_dir() -> PathBuf {
@@ -65,6 +66,10 @@ pub fn default_state_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("dpskit").join("emulator");
+    }
+    #[cfg(windows)]
+    if let Some(d) = std::env::var_os("LOCALAPPDATA").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("dpskit").join("emulator");
     }
     if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
