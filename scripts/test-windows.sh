@@ -30,7 +30,7 @@ x86_64-w64-mingw32-gcc -shared -O2 -o "$WINEPREFIX/drive_c/windows/system32/bcry
   scripts/wine/bcryptprimitives-shim.c -ladvapi32
 
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
-export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$wine"
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$PWD/scripts/wine/run.sh"
 
 start=$(date +%s)
 # The product builds on its own, without the rehearsal tools, and so does the factory-only CLI.

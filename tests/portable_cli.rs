@@ -17,7 +17,11 @@ fn dpskit() -> Command {
 #[test]
 fn ports_lists_serial_ports_as_json() {
     let out = dpskit().args(["ports", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.is_array(), "{v}");
 }
@@ -65,7 +69,11 @@ async fn the_admin_channel_wants_the_token_from_the_admin_file() {
     })
     .await
     .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     endpoint["token"] = serde_json::Value::String("0".repeat(64));
     let forged = tempfile::tempdir().unwrap();

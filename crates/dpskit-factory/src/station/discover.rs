@@ -84,19 +84,26 @@ fn has_wildcard(p: &str) -> bool {
     p.contains(['*', '?'])
 }
 
-/// Paths matching `pattern`, where only the file-name part may have wildcards.
+/// Paths matching `pattern`, where only the file-name part may have wildcards. Each match is
+/// the pattern's own folder text plus the file name, so it reads as the operator wrote it
+/// (and `\` or `/` on Windows stay as given).
 fn glob(pattern: &str) -> Vec<String> {
-    let path = Path::new(pattern);
-    let (Some(dir), Some(_)) = (path.parent(), path.file_name()) else {
+    let is_sep = |c: char| c == '/' || (cfg!(windows) && c == '\\');
+    let Some(cut) = pattern.rfind(is_sep) else {
         return Vec::new();
     };
+    let (dir, name_pattern) = (&pattern[..=cut], &pattern[cut + 1..]);
+    if name_pattern.is_empty() {
+        return Vec::new();
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok())
-        .map(|e| e.path().display().to_string())
-        .filter(|p| glob_match(pattern, p))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| glob_match(name_pattern, name))
+        .map(|name| format!("{dir}{name}"))
         .collect()
 }
 

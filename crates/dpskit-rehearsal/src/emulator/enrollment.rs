@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use dpskit_core::sas::{dps_resource, hub_resource, human_duration};
-use dpskit_core::{DeviceKey, GroupKey, IdScope, SasToken};
+use dpskit_core::{GroupKey, IdScope, SasToken};
 use dpskit_factory::keys::{KeySource, SourceError};
 use serde::Deserialize;
 use std::path::Path;
@@ -286,9 +286,7 @@ pub fn validate(
 ) -> Result<Accepted, Rejection> {
     let token = match SasToken::parse(password) {
         Ok(t) => t,
-        Err(e) => {
-            return Err(Rejection::unauthorized(not_a_token(group, password, &e)))
-        }
+        Err(e) => return Err(Rejection::unauthorized(not_a_token(group, password, &e))),
     };
     match (&audience, token.skn.as_deref()) {
         (Audience::Dps { .. }, None) => {}
@@ -447,6 +445,7 @@ fn not_a_token(group: &Group, password: &str, parse_error: &dpskit_core::sas::Sa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpskit_core::DeviceKey;
 
     const G: &str =
         "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
