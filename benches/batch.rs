@@ -8,9 +8,9 @@
 //! overlaps. With `paced` each board's line runs at its baud rate (115200, then the station's
 //! 921600), as a real UART does, so a board's time is mostly the line's, as on a real bench.
 
-use dpskit::bench::provision::{run_batch, Outcome, RunOptions};
-use dpskit::bench::station::Station;
-use dpskit::sim::{SimBoardConfig, VirtualBoard};
+use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
+use dpskit_factory::station::Station;
+use dpskit_rehearsal::sim::{SimBoardConfig, VirtualBoard};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};

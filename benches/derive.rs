@@ -1,7 +1,7 @@
 //! Key derivation throughput: how long a batch's keys take to derive (HMAC-SHA256 per ID).
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dpskit::keys::{batch, derive_all};
 use dpskit_core::GroupKey;
+use dpskit_factory::keys::{batch, derive_all};
 
 const GROUP: &str =
     "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";

@@ -3,18 +3,18 @@
 //! CPU speed (dpskit's own cost) and once with the line paced like a real UART (115200 baud to
 //! connect, then 921600), which is what decides the default on real boards.
 use criterion::{criterion_group, criterion_main, Criterion};
-use dpskit::board::inspect::ConfigState;
-use dpskit::board::{write, After, Before, BoardLink, LinkOptions};
-use dpskit::sim::{ResetBehaviour, SimBoardConfig, VirtualBoard};
 use dpskit_core::config::DEFAULT_DPS_HOST;
 use dpskit_core::{DeviceConfig, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::board::inspect::ConfigState;
+use dpskit_factory::board::{write, After, Before, BoardLink, LinkOptions};
+use dpskit_rehearsal::sim::{ResetBehaviour, SimBoardConfig, VirtualBoard};
 use espflash::target::{Chip, DefaultProgressCallback};
 use std::time::Duration;
 
 fn image() -> Vec<u8> {
     let group = GroupKey::parse(&format!("{}==", "A".repeat(86)), "bench key").unwrap();
-    let bundle = dpskit::blob::roots::assemble(
-        &dpskit::blob::roots::RootSource::defaults(),
+    let bundle = dpskit_factory::blob::roots::assemble(
+        &dpskit_factory::blob::roots::RootSource::defaults(),
         time::OffsetDateTime::now_utc(),
     )
     .unwrap();
@@ -29,7 +29,7 @@ fn image() -> Vec<u8> {
         ntp_server: None,
         token_ttl_secs: None,
     };
-    dpskit::blob::nvs::build_image(&cfg, 0x6000).unwrap()
+    dpskit_factory::blob::nvs::build_image(&cfg, 0x6000).unwrap()
 }
 
 fn per_board(c: &mut Criterion) {

@@ -17,12 +17,13 @@
 //! Without `--emulator` the images get Azure's default roots and DPS host, ready to flash.
 
 use anyhow::{anyhow, bail, Context, Result};
-use dpskit::blob::nvs;
-use dpskit::blob::roots::{self, RootSource};
-use dpskit::device::{DeviceOptions, Endpoints, VirtualDevice};
-use dpskit::secrets::{write_private_file, GroupKeyArgs};
 use dpskit_core::config::DEFAULT_DPS_HOST;
 use dpskit_core::{DeviceConfig, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::blob::nvs;
+use dpskit_factory::blob::roots::{self, RootSource};
+use dpskit_factory::files::write_private_file;
+use dpskit_factory::keys::{KeySource, GROUP_KEY_ENV};
+use dpskit_rehearsal::device::{DeviceOptions, Endpoints, VirtualDevice};
 use std::path::{Path, PathBuf};
 
 /// Where the rehearsal runs: the emulator's address and CA certificate.
@@ -43,7 +44,9 @@ async fn main() -> Result<()> {
         }),
         _ => bail!("{usage}"),
     };
-    let group = GroupKeyArgs::default().read()?;
+    let group = KeySource::Env(GROUP_KEY_ENV.into())
+        .group_key("group key (DPSKIT_GROUP_KEY)")?
+        .0;
     let ids = read_ids(Path::new(&args[0]))?;
     let images = write_images(
         &group,
@@ -94,7 +97,7 @@ fn read_ids(csv_path: &Path) -> Result<Vec<RegistrationId>> {
     for row in reader.records() {
         ids.push(row?.get(column).unwrap_or_default().to_string());
     }
-    dpskit::keys::batch::collect(&ids, None, None, false)
+    dpskit_factory::keys::batch::collect(&ids, None, None, false)
 }
 
 /// One image per board: `OUT_DIR/<id>.bin`, written whole-or-nothing, mode 0600.
@@ -176,8 +179,7 @@ async fn rehearse(
 mod tests {
     //! Runs the example against the in-process emulator (built and run by `cargo test`).
     use super::*;
-    use dpskit::cloud::{EmulatorConfig, Group};
-    use std::os::unix::fs::PermissionsExt;
+    use dpskit_rehearsal::emulator::{EmulatorConfig, Group};
 
     const GROUP_KEY: &str =
         "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";
@@ -200,7 +202,9 @@ mod tests {
         c.echo_telemetry = false;
         c.human_log = false;
         c.dps.retry_after_secs = 0;
-        let emu = dpskit::cloud::Emulator::start(c).await.unwrap();
+        let emu = dpskit_rehearsal::emulator::Emulator::start(c)
+            .await
+            .unwrap();
         let target = Emulator {
             addr: emu.addr().to_string(),
             ca: emu.ca_pem_path().into(),
@@ -216,7 +220,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(images.len(), 3);
+        #[cfg(unix)]
         for (_, p) in &images {
+            use std::os::unix::fs::PermissionsExt;
             assert_eq!(
                 std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
                 0o600

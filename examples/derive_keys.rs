@@ -14,11 +14,11 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
-use dpskit::blob::roots::{self, RootSource};
-use dpskit::device::{DeviceOptions, Endpoints, VirtualDevice};
-use dpskit::secrets::GroupKeyArgs;
 use dpskit_core::diagnosis::{check_device_key, KeyCheck};
 use dpskit_core::{DeviceConfig, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::blob::roots::{self, RootSource};
+use dpskit_factory::keys::{KeySource, GROUP_KEY_ENV};
+use dpskit_rehearsal::device::{DeviceOptions, Endpoints, VirtualDevice};
 use std::path::Path;
 
 #[tokio::main]
@@ -33,8 +33,10 @@ async fn main() -> Result<()> {
     if ids.is_empty() {
         bail!("{usage}");
     }
-    // DPSKIT_GROUP_KEY (GroupKeyArgs also knows files and stdin, as the CLI does).
-    let group = GroupKeyArgs::default().read()?;
+    // DPSKIT_GROUP_KEY (a KeySource may also be a file or stdin, as in the CLI).
+    let group = KeySource::Env(GROUP_KEY_ENV.into())
+        .group_key("group key (DPSKIT_GROUP_KEY)")?
+        .0;
     let ids: Vec<RegistrationId> = ids
         .iter()
         .map(|i| RegistrationId::parse(i, false))
@@ -115,7 +117,7 @@ async fn register(
 mod tests {
     //! Runs the example against the in-process emulator (built and run by `cargo test`).
     use super::*;
-    use dpskit::cloud::{Emulator, EmulatorConfig, Group};
+    use dpskit_rehearsal::emulator::{Emulator, EmulatorConfig, Group};
 
     const GROUP_KEY: &str =
         "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";

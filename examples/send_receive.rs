@@ -19,13 +19,13 @@
 //! out `--connect` (the device then goes to `global.azure-devices-provisioning.net`).
 
 use anyhow::{anyhow, bail, Context, Result};
-use dpskit::blob::nvs;
-use dpskit::device::{tls, Endpoints, HostClock, HostSession};
 use dpskit_core::dps::{Assignment, DpsClient, DpsConfig};
 use dpskit_core::hub::{HubClient, HubConfig, HubOutput, Message};
 use dpskit_core::mqtt::{Action, Event};
 use dpskit_core::DeviceConfig;
 use dpskit_device::driver::{Clock, Incoming, MqttSession};
+use dpskit_factory::blob::nvs;
+use dpskit_rehearsal::device::{tls, Endpoints, HostClock, HostSession};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -298,9 +298,9 @@ fn answer(name: &str, payload: &[u8], interval: &mut Duration) -> (u16, String) 
 mod tests {
     //! Runs the example against the in-process emulator (built and run by `cargo test`).
     use super::*;
-    use dpskit::blob::roots::{self, RootSource};
-    use dpskit::cloud::{Emulator, EmulatorConfig, Group};
     use dpskit_core::{GroupKey, IdScope, RegistrationId};
+    use dpskit_factory::blob::roots::{self, RootSource};
+    use dpskit_rehearsal::emulator::{Emulator, EmulatorConfig, Group};
 
     const GROUP_KEY: &str =
         "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==";

@@ -1,13 +1,15 @@
 //! A batch of virtual boards provisioned in parallel: distinct IDs, verified flash, idempotent
 //! re-runs, manifest and template assignment, dry runs and foreign configs.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::{Ledger, Status};
-use dpskit::bench::provision::{run_batch, BatchReport, Outcome, RunOptions};
-use dpskit::bench::station::Station;
-use dpskit::sim::SimBoardConfig;
+use dpskit_factory::station::ledger::{Ledger, Status};
+use dpskit_factory::station::provision::{run_batch, BatchReport, Outcome, RunOptions};
+use dpskit_factory::station::Station;
+use dpskit_rehearsal::sim::SimBoardConfig;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -25,7 +27,7 @@ fn run(station: &Path, ports: &[String]) -> BatchReport {
 fn outcome_of<'r>(
     report: &'r BatchReport,
     port: &str,
-) -> &'r dpskit::bench::provision::BoardResult {
+) -> &'r dpskit_factory::station::provision::BoardResult {
     report.results.iter().find(|r| r.port == port).unwrap()
 }
 
@@ -272,7 +274,7 @@ fn a_board_provisioned_elsewhere_is_refused_unless_forced() {
         },
     );
     assert_eq!(forced.count(Outcome::Done), 1, "{}", forced.render());
-    let cfg = dpskit::blob::nvs::decode_image(&rig.config_partition(0)).unwrap();
+    let cfg = dpskit_factory::blob::nvs::decode_image(&rig.config_partition(0)).unwrap();
     assert_eq!(cfg.registration_id.as_str(), "sensor-00001");
     rig.stop();
 }
@@ -293,7 +295,7 @@ fn rom_mode_without_the_stub_reads_first_then_writes_last() {
     // FLASH_END ended the loader; the jig brings the boards back and a re-run changes nothing.
     for b in &rig.boards {
         assert!(b.wait_for(
-            dpskit::sim::BoardState::Rom,
+            dpskit_rehearsal::sim::BoardState::Rom,
             std::time::Duration::from_secs(5)
         ));
     }

@@ -1,5 +1,7 @@
 //! The bench commands as an operator meets them: `init`, a bad station file (every problem at
 //! once, exit 2, nothing written), bad flags, and the ledger commands on a missing ledger.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
@@ -27,9 +29,18 @@ fn init_writes_the_templates_once() {
     assert!(out.status.success(), "{}", stderr(&out));
     let station = dir.path().join("line-1");
     for (name, text) in [
-        ("station.toml", dpskit::bench::templates::STATION_TOML),
-        ("manifest.csv", dpskit::bench::templates::MANIFEST_CSV),
-        ("partitions.csv", dpskit::bench::templates::PARTITIONS_CSV),
+        (
+            "station.toml",
+            dpskit_factory::station::templates::STATION_TOML,
+        ),
+        (
+            "manifest.csv",
+            dpskit_factory::station::templates::MANIFEST_CSV,
+        ),
+        (
+            "partitions.csv",
+            dpskit_factory::station::templates::PARTITIONS_CSV,
+        ),
     ] {
         assert_eq!(
             std::fs::read_to_string(station.join(name)).unwrap(),
@@ -61,7 +72,7 @@ fn init_writes_the_templates_once() {
         .success());
     assert_eq!(
         std::fs::read_to_string(station.join("station.toml")).unwrap(),
-        dpskit::bench::templates::STATION_TOML
+        dpskit_factory::station::templates::STATION_TOML
     );
 }
 

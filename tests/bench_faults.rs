@@ -1,14 +1,16 @@
 //! Fault injection: a dropped line mid-write, a stalled board and corrupt replies fail only
 //! those boards; after the faults are cleared a re-run completes them with the IDs they were
 //! given, and leaves the others alone.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::Status;
-use dpskit::bench::provision::{run_batch, Outcome, RunOptions};
-use dpskit::bench::station::Station;
-use dpskit::sim::{CorruptReply, Faults, SimBoardConfig, VirtualBoard};
+use dpskit_factory::station::ledger::Status;
+use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
+use dpskit_factory::station::Station;
+use dpskit_rehearsal::sim::{CorruptReply, Faults, SimBoardConfig, VirtualBoard};
 use std::sync::atomic::AtomicBool;
 
 /// The stub's `READ_FLASH`: the board goes silent while it is being inspected. (Stalls later

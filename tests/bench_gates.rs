@@ -1,12 +1,14 @@
 //! Each gate refuses the boards it should, says why, and gives them no ID.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::Ledger;
-use dpskit::bench::provision::{run_batch, Outcome, RunOptions};
-use dpskit::bench::station::Station;
-use dpskit::sim::{ChipKind, PsramSize, SimBoardConfig};
+use dpskit_factory::station::ledger::Ledger;
+use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
+use dpskit_factory::station::Station;
+use dpskit_rehearsal::sim::{ChipKind, PsramSize, SimBoardConfig};
 use std::sync::atomic::AtomicBool;
 
 /// A 2 MB layout (the default one needs 4 MB).

@@ -1,11 +1,13 @@
 //! kill -9 of `dpskit provision` mid-batch, then a re-run: no ID on two boards, no board
 //! marked done without verification, and every board finished.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::{Ledger, Status};
-use dpskit::sim::SimBoardConfig;
+use dpskit_factory::station::ledger::{Ledger, Status};
+use dpskit_rehearsal::sim::SimBoardConfig;
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -102,7 +104,7 @@ fn kill_9_mid_batch_then_rerun_finishes_without_duplicates() {
     // And on the boards themselves: every flash holds a different ID.
     let on_flash: HashSet<String> = (0..BOARDS)
         .map(|i| {
-            dpskit::blob::nvs::decode_image(&rig.config_partition(i))
+            dpskit_factory::blob::nvs::decode_image(&rig.config_partition(i))
                 .unwrap()
                 .registration_id
                 .to_string()

@@ -2,12 +2,14 @@
 //! then the group-key scan: its bytes (raw, base64, hex) appear in no output of the batch — not
 //! stdout or stderr, not the ledger, not the exports, not on any board. The derived keys appear
 //! only on the boards they belong to.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use base64::Engine;
 use bench_support::*;
-use dpskit::sim::{Faults, PsramSize, SimBoardConfig};
+use dpskit_rehearsal::sim::{Faults, PsramSize, SimBoardConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -141,7 +143,7 @@ fn station_workflow_leaks_no_group_key_anywhere() {
     let rows = rig.rows();
     let done = rows
         .iter()
-        .find(|r| r.status == dpskit::bench::ledger::Status::Done)
+        .find(|r| r.status == dpskit_factory::station::ledger::Status::Done)
         .unwrap()
         .clone();
     for args in [
@@ -250,7 +252,7 @@ fn station_workflow_leaks_no_group_key_anywhere() {
         }
     }
     // Derived keys: on their own board only; never in the ledger, exports or output.
-    let group = dpskit::core::GroupKey::parse(GROUP_KEY, "test").unwrap();
+    let group = dpskit_factory::core::GroupKey::parse(GROUP_KEY, "test").unwrap();
     for row in &rows {
         let dk = group.derive(&row.registration_id).to_base64();
         for (what, hay) in &haystacks {
@@ -258,13 +260,15 @@ fn station_workflow_leaks_no_group_key_anywhere() {
                 let i = rig
                     .boards
                     .iter()
-                    .position(|b| dpskit::bench::assign::Mac(b.mac()).to_string() == row.mac)
+                    .position(|b| {
+                        dpskit_factory::station::assign::Mac(b.mac()).to_string() == row.mac
+                    })
                     .unwrap();
                 Path::new(what) == rig.boards[i].flash_path()
             };
             assert_eq!(
                 contains(hay, dk.as_bytes()),
-                on_own_board && row.status == dpskit::bench::ledger::Status::Done,
+                on_own_board && row.status == dpskit_factory::station::ledger::Status::Done,
                 "{}'s device key vs {what}",
                 row.registration_id
             );

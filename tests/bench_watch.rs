@@ -1,11 +1,13 @@
 //! `provision --watch`: boards are provisioned as their ports appear, a board plugged in again
 //! is recognised, and Ctrl-C lets the board in flight finish before the summary.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 mod bench_support;
 
 use bench_support::*;
-use dpskit::bench::ledger::{Ledger, Status};
-use dpskit::sim::SimBoardConfig;
+use dpskit_factory::station::ledger::{Ledger, Status};
+use dpskit_rehearsal::sim::SimBoardConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Read;

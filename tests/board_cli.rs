@@ -1,8 +1,10 @@
 //! `dpskit inspect` and `dpskit write-config` through the real binary and the real espflash
 //! client, against virtual ESP32-S3 boards on pseudo-terminals (no hardware).
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use assert_cmd::Command;
-use dpskit::sim::{
+use dpskit_rehearsal::sim::{
     ChipKind, EfuseProfile, Faults, Layout, PsramSize, PsramVendor, SimBoardConfig, VirtualBoard,
 };
 use predicates::prelude::*;
@@ -187,7 +189,8 @@ fn write_config_then_inspect_reads_it_back_with_and_without_stub() {
 }
 
 fn dps_cfg(b: &VirtualBoard) -> (u32, u32) {
-    let table = dpskit::board::partition::parse(&b.read_flash(0x8000, 0x1000).unwrap()).unwrap();
+    let table =
+        dpskit_factory::board::partition::parse(&b.read_flash(0x8000, 0x1000).unwrap()).unwrap();
     let p = table.find("dps_cfg").unwrap();
     (p.offset(), p.size())
 }

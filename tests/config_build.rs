@@ -6,6 +6,7 @@ use assert_cmd::Command;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use predicates::prelude::*;
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
@@ -41,9 +42,10 @@ impl Bench {
         self.dir.path().join(name)
     }
 
+    /// Writes a fixture file readable by its owner only, as key and password files should be.
     fn write(&self, name: &str, text: &str) -> String {
         let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
+        dpskit_factory::files::write_private_file(&p, text.as_bytes()).unwrap();
         p.to_str().unwrap().to_string()
     }
 
@@ -135,6 +137,7 @@ fn build_then_show_round_trip() {
     );
 
     let meta = std::fs::metadata(b.out()).unwrap();
+    #[cfg(unix)]
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), 0x6000);
 
@@ -604,7 +607,7 @@ fn partition_template() {
     assert!(dps.size() >= 0x3000);
     assert_eq!(
         dps.size() as usize,
-        dpskit::blob::nvs::DEFAULT_SIZE,
+        dpskit_factory::blob::nvs::DEFAULT_SIZE,
         "matches --size's default"
     );
     assert!(
@@ -647,6 +650,8 @@ fn partition_template() {
 
 /// The station template is valid TOML (checked with Python's tomllib, which the NVS
 /// compatibility test needs anyway), matches dpskit's defaults, and names secrets, never holds them.
+/// Not under Wine: Python is a Linux host tool here.
+#[cfg(unix)]
 #[test]
 fn station_template() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/station.toml");
@@ -674,10 +679,11 @@ fn station_template() {
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    assert_eq!(roots, dpskit::blob::roots::DEFAULT_ROOTS);
+    assert_eq!(roots, dpskit_factory::blob::roots::DEFAULT_ROOTS);
     assert_eq!(v["partition"]["name"], "dps_cfg");
-    let size = dpskit::blob::nvs::parse_size(v["partition"]["nvs_size"].as_str().unwrap()).unwrap();
-    assert_eq!(size, dpskit::blob::nvs::DEFAULT_SIZE);
+    let size = dpskit_factory::blob::nvs::parse_size(v["partition"]["nvs_size"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(size, dpskit_factory::blob::nvs::DEFAULT_SIZE);
     assert!(v["wifi"]["ssid"].is_string() && v["wifi"]["password_file"].is_string());
 }
 
@@ -702,10 +708,10 @@ fn root_ca_emulator_uses_the_emulators_ca() {
     };
     run(false);
     assert!(!out.exists());
-    dpskit::cloud::certs::load_or_create(&state, &[]).unwrap();
+    dpskit_rehearsal::emulator::certs::load_or_create(&state, &[]).unwrap();
     run(true);
-    let cfg = dpskit::blob::nvs::decode_image(&std::fs::read(&out).unwrap()).unwrap();
-    let ca = std::fs::read_to_string(dpskit::cloud::ca_path(&state)).unwrap();
+    let cfg = dpskit_factory::blob::nvs::decode_image(&std::fs::read(&out).unwrap()).unwrap();
+    let ca = std::fs::read_to_string(dpskit_rehearsal::emulator::ca_path(&state)).unwrap();
     assert!(
         cfg.root_ca_pem.contains(ca.lines().nth(1).unwrap()),
         "the emulator CA must be in the image"

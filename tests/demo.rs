@@ -1,5 +1,7 @@
 //! `dpskit demo` end to end: virtual boards → factory bench → config read back over serial →
 //! virtual devices → DPS → IoT Hub telemetry, C2D and a direct method, through the real binary.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use assert_cmd::Command;
 

@@ -2,10 +2,10 @@
 //! workflow (check an image offline, then rehearse it against the emulator) and bad input.
 
 use assert_cmd::Command;
-use dpskit::blob::nvs::{self, DEFAULT_SIZE};
-use dpskit::blob::roots::{self, RootSource};
-use dpskit::cloud::{Emulator, EmulatorConfig, Group};
 use dpskit_core::{DeviceConfig, DeviceKey, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::blob::nvs::{self, DEFAULT_SIZE};
+use dpskit_factory::blob::roots::{self, RootSource};
+use dpskit_rehearsal::emulator::{Emulator, EmulatorConfig, Group};
 use predicates::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -49,7 +49,7 @@ fn write(dir: &Path, name: &str, cfg: &DeviceConfig) -> PathBuf {
 fn check_passes_a_good_image_and_names_each_problem() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("emu");
-    let ca = dpskit::cloud::certs::load_or_create(&state, &[])
+    let ca = dpskit_rehearsal::emulator::certs::load_or_create(&state, &[])
         .unwrap()
         .ca_cert;
     let good = write(dir.path(), "good.bin", &config("board-1", &ca));

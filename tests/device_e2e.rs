@@ -2,12 +2,14 @@
 //! the success path (register, telemetry delivered, C2D, method round trip, twin reported and
 //! desired, reboot from the stored assignment) and each failure with its message.
 
-use dpskit::blob::nvs::{self, DEFAULT_SIZE};
-use dpskit::blob::roots::{self, RootSource};
-use dpskit::cloud::{AdminClient, Emulator, EmulatorConfig, EmulatorHandle, Group};
-use dpskit::device::{DeviceOptions, Endpoints, RunningDevice, StateStore, VirtualDevice};
 use dpskit_core::{DeviceConfig, DeviceKey, GroupKey, IdScope, RegistrationId};
 use dpskit_device::{AppOutput, StoredAssignment};
+use dpskit_factory::blob::nvs::{self, DEFAULT_SIZE};
+use dpskit_factory::blob::roots::{self, RootSource};
+use dpskit_rehearsal::device::{
+    DeviceOptions, Endpoints, RunningDevice, StateStore, VirtualDevice,
+};
+use dpskit_rehearsal::emulator::{AdminClient, Emulator, EmulatorConfig, EmulatorHandle, Group};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

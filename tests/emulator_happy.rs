@@ -355,7 +355,7 @@ async fn lower_case_escapes_no_skn_and_secondary_key_are_accepted() {
 async fn tls_1_2_only_clients_are_served() {
     let emu = Emu::start().await;
     let mut roots = rustls::RootCertStore::empty();
-    for c in dpskit::cloud::certs::read_certs(emu.handle.ca_pem_path()).unwrap() {
+    for c in dpskit_rehearsal::emulator::certs::read_certs(emu.handle.ca_pem_path()).unwrap() {
         roots.add(c).unwrap();
     }
     let tls12 = std::sync::Arc::new(

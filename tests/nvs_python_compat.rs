@@ -2,11 +2,13 @@
 //! (`esp_idf_nvs_partition_gen`, the Python package ESP-IDF uses), so a board reads exactly
 //! what the reference tool would have written. The generator is required: without it this
 //! test fails rather than skips, since a skipped compatibility check proves nothing.
+// Unix only: the Python reference tools run on the Linux host.
+#![cfg(unix)]
 
-use dpskit::blob::nvs::{self, PAGE_SIZE};
-use dpskit::blob::roots::{self, RootSource};
 use dpskit_core::config::{Value, DEFAULT_DPS_HOST};
 use dpskit_core::{DeviceConfig, DeviceKey, IdScope, RegistrationId};
+use dpskit_factory::blob::nvs::{self, PAGE_SIZE};
+use dpskit_factory::blob::roots::{self, RootSource};
 use std::path::Path;
 use std::process::Command;
 

@@ -2,6 +2,8 @@
 //! registration with a derived key, hub connection, telemetry with properties, a reported
 //! property patch, a C2D message and a direct method, over TLS 1.2 on 127.0.0.1:8883 (the SDK
 //! cannot use another port, so this test owns 8883 on loopback while it runs).
+// Unix only: the Python reference tools run on the Linux host.
+#![cfg(unix)]
 
 use assert_cmd::cargo::CommandCargoExt;
 use std::io::{BufRead, BufReader};

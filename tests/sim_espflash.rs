@@ -1,12 +1,14 @@
 //! The real espflash library against virtual boards over real pseudo-terminals: ROM and stub
 //! connections, device info, eFuse decoding, security info, writes, MD5, reads, and faults.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dpskit::sim::efuse::format_mac;
-use dpskit::sim::protocol::op;
-use dpskit::sim::{
+use dpskit_rehearsal::sim::efuse::format_mac;
+use dpskit_rehearsal::sim::protocol::op;
+use dpskit_rehearsal::sim::{
     spawn_batch, BoardState, ChipKind, CorruptReply, EfuseProfile, EmbeddedFlash, Faults,
     FlashVendor, PsramSize, PsramVendor, ResetBehaviour, Revision, Security, SimBoardConfig,
     VirtualBoard,

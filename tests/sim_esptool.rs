@@ -4,12 +4,14 @@
 //! security info, and failures.
 //!
 //! esptool must be installed (`pip install esptool`); without it these tests fail.
+// Unix only: virtual boards need pseudo-terminals.
+#![cfg(unix)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dpskit::sim::{
+use dpskit_rehearsal::sim::{
     BoardState, ChipKind, EfuseProfile, EmbeddedFlash, Faults, FlashVendor, PsramSize, PsramVendor,
     Revision, Security, SimBoardConfig, VirtualBoard,
 };

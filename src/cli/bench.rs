@@ -1,13 +1,13 @@
 //! `dpskit init`, `dpskit provision`, `dpskit ledger`: the factory bench.
 
-use crate::bench::ledger::{BoardRow, Ledger, Status, EXPORT_COLUMNS};
-use crate::bench::provision::{self, BatchReport, RunOptions};
-use crate::bench::station::{self, Station};
-use crate::bench::{templates, watch};
-use crate::error::CheckFailed;
-use crate::secrets::write_file;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
+use dpskit_factory::error::CheckFailed;
+use dpskit_factory::files::write_file;
+use dpskit_factory::station::ledger::{BoardRow, Ledger, Status, EXPORT_COLUMNS};
+use dpskit_factory::station::provision::{self, BatchReport, RunOptions};
+use dpskit_factory::station::{self, Station};
+use dpskit_factory::station::{templates, watch};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -172,7 +172,7 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
         dry_run: a.dry_run,
         progress: true,
     };
-    let stop = watch::install_interrupt_handler();
+    let stop = dpskit_factory::interrupt::install()?;
     let report = if a.watch {
         watch::run_watch(&station, &a.ports, opts, stop, Duration::from_millis(100))?
     } else {
@@ -290,7 +290,7 @@ pub fn ledger(c: LedgerCommand) -> Result<()> {
                 }
                 let mut v = serde_json::to_vec_pretty(&Export {
                     station: ledger.station(),
-                    exported_at: crate::bench::now_rfc3339(),
+                    exported_at: dpskit_factory::station::now_rfc3339(),
                     boards: &rows,
                 })?;
                 v.push(b'\n');
@@ -338,7 +338,7 @@ fn render_list(rows: &[BoardRow]) -> String {
             ]
         })
         .collect();
-    let mut s = crate::table::render(&headers, &cells);
+    let mut s = dpskit_factory::table::render(&headers, &cells);
     let done = rows.iter().filter(|r| r.status == Status::Done).count();
     s += &format!("{} board(s), {done} done\n", rows.len());
     s

@@ -1,14 +1,14 @@
 //! `dpskit ports`, `dpskit inspect`, `dpskit write-config`: one board over serial.
 
-use crate::board::inspect::{self, BoardReport, ConfigState, Expectations, Level};
-use crate::board::link::esp_bridge_name;
-use crate::board::progress::BarProgress;
-use crate::board::{write, After, Before, BoardLink, LinkOptions};
-use crate::cli::config::{build_image, ConfigFields};
-use crate::error::CheckFailed;
+use super::config::{build_image, ConfigFields};
 use anyhow::{Context, Result};
 use clap::Args;
-use espflash::target::Chip;
+use dpskit_factory::board::inspect::{self, BoardReport, ConfigState, Expectations, Level};
+use dpskit_factory::board::ports;
+use dpskit_factory::board::progress::BarProgress;
+use dpskit_factory::board::Chip;
+use dpskit_factory::board::{write, After, Before, BoardLink, LinkOptions};
+use dpskit_factory::error::CheckFailed;
 use std::path::PathBuf;
 
 /// How to reach a board: shared by every board command.
@@ -90,19 +90,19 @@ pub struct WriteConfigArgs {
 }
 
 pub fn ports(a: PortsArgs) -> Result<()> {
-    let ports = serialport::available_ports().context("cannot list serial ports")?;
+    let ports = ports::list().context("cannot list serial ports")?;
     let rows: Vec<serde_json::Value> = ports
         .iter()
-        .map(|p| match &p.port_type {
-            serialport::SerialPortType::UsbPort(u) => serde_json::json!({
-                "port": p.port_name,
-                "vid_pid": format!("{:04x}:{:04x}", u.vid, u.pid),
-                "serial_number": u.serial_number,
-                "product": u.product,
-                "manufacturer": u.manufacturer,
-                "esp_bridge": esp_bridge_name(u.vid, u.pid),
+        .map(|p| match p.usb {
+            Some(_) => serde_json::json!({
+                "port": p.port,
+                "vid_pid": p.vid_pid,
+                "serial_number": p.serial_number,
+                "product": p.product,
+                "manufacturer": p.manufacturer,
+                "esp_bridge": p.esp_bridge,
             }),
-            _ => serde_json::json!({ "port": p.port_name, "vid_pid": null, "esp_bridge": null }),
+            None => serde_json::json!({ "port": p.port, "vid_pid": null, "esp_bridge": null }),
         })
         .collect();
     if a.json {
@@ -292,7 +292,7 @@ pub fn write_config(a: WriteConfigArgs) -> Result<()> {
     let image = match (&a.image, a.fields.id_scope.is_some() || a.fields.registration_id.is_some()) {
         (Some(path), _) => {
             let image = std::fs::read(path).with_context(|| format!("--image: cannot read {}", path.display()))?;
-            crate::blob::nvs::decode_image(&image).map_err(|e| anyhow::anyhow!("--image: {}: {e}", path.display()))?;
+            dpskit_factory::blob::nvs::decode_image(&image).map_err(|e| anyhow::anyhow!("--image: {}: {e}", path.display()))?;
             image
         }
         (None, true) => {
@@ -307,12 +307,7 @@ pub fn write_config(a: WriteConfigArgs) -> Result<()> {
         ),
     };
     let mut link = BoardLink::open(&a.port.link_options(Some(a.chip)))?;
-    let bar = indicatif::ProgressBar::new(0);
-    if a.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut progress = BarProgress::new(bar);
-    progress.bar.set_prefix(a.port.port.clone());
+    let mut progress = BarProgress::for_port(&a.port.port, !a.json);
     let outcome = write::write_config(
         &mut link,
         a.port.partition_table_offset,

@@ -1,17 +1,17 @@
 //! `dpskit emulate` (a local DPS + IoT Hub) and `dpskit cloud …` (its service side).
 
-use crate::cloud::{self, AdminClient, DpsSettings, Emulator, EmulatorConfig, Group};
-use crate::secrets::{read_secret_file, GroupKeyArgs};
+use super::key_args::{read_secret_file, GroupKeyArgs};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use dpskit_core::GroupKey;
+use dpskit_rehearsal::emulator::{self, AdminClient, DpsSettings, Emulator, EmulatorConfig, Group};
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the emulator keeps its CA, certificates, registrations and admin socket.
+/// Where the emulator keeps its CA, certificates, registrations and admin file.
 #[derive(Args, Debug, Clone)]
 pub struct StateDirArg {
     /// State directory [default: $DPSKIT_EMULATOR_DIR, else $XDG_STATE_HOME/dpskit/emulator,
@@ -24,14 +24,14 @@ impl StateDirArg {
     pub fn resolve(&self) -> PathBuf {
         self.state_dir
             .clone()
-            .unwrap_or_else(cloud::default_state_dir)
+            .unwrap_or_else(emulator::default_state_dir)
     }
 }
 
 #[derive(Args, Debug)]
 pub struct EmulateArgs {
     /// Address to listen on; device SDKs only use port 8883.
-    #[arg(long, default_value = cloud::DEFAULT_BIND)]
+    #[arg(long, default_value = emulator::DEFAULT_BIND)]
     pub bind: SocketAddr,
     #[command(flatten)]
     pub state: StateDirArg,
@@ -44,7 +44,7 @@ pub struct EmulateArgs {
     #[arg(long, value_name = "FILE")]
     pub secondary_key_file: Option<PathBuf>,
     /// Host name DPS assigns devices to; it must be a name in the server certificate.
-    #[arg(long, default_value = cloud::DEFAULT_HUB_HOST)]
+    #[arg(long, default_value = emulator::DEFAULT_HUB_HOST)]
     pub hub_host: String,
     /// TOML file with several enrollment groups ([[group]] id_scope, primary_key_file, …).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["scope", "secondary_key_file"])]
@@ -119,7 +119,7 @@ pub struct InvokeArgs {
     /// JSON payload (default null); quote a plain string as '"text"'.
     pub payload: Option<String>,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = cloud::admin::DEFAULT_METHOD_TIMEOUT_SECS, value_name = "SECS")]
+    #[arg(long, default_value_t = emulator::admin::DEFAULT_METHOD_TIMEOUT_SECS, value_name = "SECS")]
     pub timeout: u64,
 }
 
@@ -142,7 +142,7 @@ pub struct DevicesArgs {
 /// Builds the emulator configuration from the flags (reads keys; prints nothing secret).
 pub fn emulator_config(a: &EmulateArgs) -> Result<EmulatorConfig> {
     let groups = if let Some(file) = &a.groups {
-        cloud::enrollment::load_groups_file(file)?
+        emulator::enrollment::load_groups_file(file)?
     } else {
         let scope = a
             .scope
@@ -170,7 +170,8 @@ pub fn emulator_config(a: &EmulateArgs) -> Result<EmulatorConfig> {
         .collect::<Vec<_>>();
     let mut sans = a.sans.clone();
     for g in &groups {
-        if !cloud::certs::DEFAULT_SANS.contains(&g.hub_host.as_str()) && !sans.contains(&g.hub_host)
+        if !emulator::certs::DEFAULT_SANS.contains(&g.hub_host.as_str())
+            && !sans.contains(&g.hub_host)
         {
             // The hub host goes in the certificate, or devices could not verify the hub.
             sans.push(g.hub_host.clone());
@@ -202,11 +203,7 @@ pub fn emulate(a: EmulateArgs) -> Result<()> {
             "dpskit emulate: devices trust it with `dpskit config build --root-ca emulator`; DPS and IoT Hub on {} (Ctrl-C stops)",
             handle.addr()
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        super::ctrl_c().await?;
         handle.shutdown().await;
         Ok(())
     })

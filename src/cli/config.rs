@@ -4,12 +4,14 @@
 //! (the group key never leaves this process) and writes the image mode 0600, since it holds the
 //! device key. `show` decodes an image and prints it with the key masked.
 
-use crate::blob::nvs;
-use crate::blob::roots::{self, RootSource};
-use crate::secrets::{read_secret_file, write_private_file, GroupKeyArgs, GROUP_KEY_ENV};
+use super::key_args::{read_secret_file, GroupKeyArgs};
 use anyhow::{anyhow, bail, Result};
 use dpskit_core::config::DEFAULT_DPS_HOST;
 use dpskit_core::{DeviceConfig, DeviceKey, IdScope, RegistrationId};
+use dpskit_factory::blob::nvs;
+use dpskit_factory::blob::roots::{self, RootSource};
+use dpskit_factory::files::write_private_file;
+use dpskit_factory::keys::GROUP_KEY_ENV;
 use std::path::PathBuf;
 use time::OffsetDateTime;
 
@@ -143,14 +145,19 @@ fn wifi_password(a: &ConfigFields) -> Result<Option<String>> {
 /// A `--root-ca` value: `emulator` (the local emulator's CA, from its state directory), a
 /// bundled name, or a file.
 fn root_source(arg: &str) -> Result<RootSource> {
+    #[cfg(not(feature = "rehearsal"))]
     if arg.eq_ignore_ascii_case("emulator") {
-        let dir = crate::cloud::default_state_dir();
-        let path = crate::cloud::ca_path(&dir);
+        bail!("--root-ca emulator: this dpskit was built without the rehearsal tools (the emulator); give the emulator's ca.pem as a file");
+    }
+    #[cfg(feature = "rehearsal")]
+    if arg.eq_ignore_ascii_case("emulator") {
+        let dir = dpskit_rehearsal::emulator::default_state_dir();
+        let path = dpskit_rehearsal::emulator::ca_path(&dir);
         if !path.exists() {
             bail!(
                 "--root-ca emulator: no emulator CA at {}; run `dpskit emulate` once (it creates the CA), or set {} to its --state-dir",
                 path.display(),
-                crate::cloud::STATE_DIR_ENV
+                dpskit_rehearsal::emulator::STATE_DIR_ENV
             );
         }
         return Ok(RootSource::File(path));

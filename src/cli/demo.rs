@@ -1,8 +1,8 @@
 //! `dpskit demo`: factory bench to IoT Hub on one PC, everything embedded.
 
-use crate::demo::{self, DemoOptions};
-use crate::error::CheckFailed;
 use anyhow::Result;
+use dpskit_factory::error::CheckFailed;
+use dpskit_rehearsal::demo::{self, DemoOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]

@@ -3,13 +3,13 @@
 //! `run` boots the board's own application code on the PC from the same NVS image a board
 //! gets, against Azure or the local emulator; `check` validates an image before flashing.
 
-use crate::device::check::{self, CheckOptions, Level};
-use crate::device::{self, DeviceOptions, Endpoints, StateStore, VirtualDevice};
-use crate::error::CheckFailed;
-use crate::secrets::GroupKeyArgs;
+use super::key_args::GroupKeyArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use dpskit_device::driver::{Command, Control};
 use dpskit_device::AppOutput;
+use dpskit_factory::error::CheckFailed;
+use dpskit_rehearsal::device::check::{self, CheckOptions, Level};
+use dpskit_rehearsal::device::{self, DeviceOptions, Endpoints, StateStore, VirtualDevice};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -138,7 +138,7 @@ struct CtrlC(bool);
 
 impl Control for CtrlC {
     async fn next_command(&mut self) -> Command {
-        if self.0 || tokio::signal::ctrl_c().await.is_err() {
+        if self.0 || super::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
         self.0 = true;

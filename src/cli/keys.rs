@@ -1,12 +1,13 @@
 //! `dpskit derive`, `dpskit verify`, `dpskit sas`: everything about keys and tokens.
 
-use crate::error::CheckFailed;
-use crate::keys::{self, batch, verify};
-use crate::secrets::{read_secret_file, write_private_file, GroupKeyArgs};
+use super::key_args::{read_secret_file, GroupKeyArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use dpskit_core::sas::{dps_resource, hub_resource, human_duration, SasToken};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, RegistrationId};
+use dpskit_factory::error::CheckFailed;
+use dpskit_factory::files::write_private_file;
+use dpskit_factory::keys::{self, batch, verify};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -284,7 +285,13 @@ fn inspect(a: SasInspectArgs) -> Result<()> {
     } else {
         a.token.clone()
     };
-    let token = SasToken::parse(text.trim()).map_err(anyhow::Error::msg)?;
+    let token = SasToken::parse(text.trim()).map_err(|e| {
+        match dpskit_core::sas::not_a_token("TOKEN", text.trim(), &[], &e) {
+            // Keep the parser's own words when the text is no key either.
+            why if why.starts_with("TOKEN is not a SAS token") => anyhow::anyhow!("{e}"),
+            why => anyhow::anyhow!("{why}"),
+        }
+    })?;
     let resource = token.resource().unwrap_or_default();
     let kind = if resource.contains("/registrations/") {
         "DPS registration"
@@ -342,15 +349,7 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn utc(secs: u64) -> String {
-    let fmt =
-        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    time::OffsetDateTime::from_unix_timestamp(secs as i64)
-        .ok()
-        .and_then(|t| t.format(fmt).ok())
-        .unwrap_or_else(|| format!("{secs} (out of range)"))
-}
+use dpskit_factory::timestamp::utc_words as utc;
 
 /// Parses `3600`, `90s`, `30m`, `1h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<u64, String> {

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 
-use crate::sim::board::capacity_from_flash_size;
-use crate::sim::efuse::{format_mac, parse_mac};
-use crate::sim::protocol::op;
-use crate::sim::{
+use dpskit_rehearsal::sim::board::capacity_from_flash_size;
+use dpskit_rehearsal::sim::efuse::{format_mac, parse_mac};
+use dpskit_rehearsal::sim::protocol::op;
+use dpskit_rehearsal::sim::{
     spawn_batch, AppDescriptor, ChipKind, CorruptReply, EfuseProfile, EmbeddedFlash, Faults,
     FlashVendor, Layout, PsramSize, PsramVendor, ResetBehaviour, Revision, Security,
     SimBoardConfig,
@@ -137,7 +139,7 @@ fn parse_flash_size(s: &str) -> Result<u8, String> {
     let t = s.trim().to_ascii_lowercase();
     if let Some(hex) = t.strip_prefix("0x") {
         let cap = u8::from_str_radix(hex, 16).map_err(|_| format!("bad capacity byte {s:?}"))?;
-        crate::sim::board::flash_size_from_capacity(cap).map_err(|e| e.to_string())?;
+        dpskit_rehearsal::sim::board::flash_size_from_capacity(cap).map_err(|e| e.to_string())?;
         return Ok(cap);
     }
     let mb: u32 = t
@@ -235,7 +237,7 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
         line_rate: a.line_rate,
     };
     // Fail on a bad table or flash size before creating anything.
-    crate::sim::image::build_flash_image(&crate::sim::image::ImageSpec {
+    dpskit_rehearsal::sim::image::build_flash_image(&dpskit_rehearsal::sim::image::ImageSpec {
         flash_size: config.flash_size()?,
         partitions_csv: config.partitions_csv.clone(),
         layout: config.layout,
@@ -248,12 +250,20 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
 pub fn run(a: SimArgs) -> Result<()> {
     let config = template(&a)?;
 
-    // Signals go to sigwait below, not to the board threads (which inherit this mask).
+    // SIGUSR1 goes to sigwait on its own thread, not to the board threads or the Ctrl-C
+    // handler's (which inherit this mask, so it is blocked before any of them starts).
+    // Ctrl-C and SIGTERM: the one interrupt mechanism.
     let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGUSR1);
     signals.thread_block().context("blocking signals")?;
+    let stop = dpskit_factory::interrupt::install()?;
+    let (resets, reset_requests) = std::sync::mpsc::channel();
+    std::thread::spawn(
+        move || {
+            while signals.wait().is_ok() && resets.send(()).is_ok() {}
+        },
+    );
+    let signals = (stop, reset_requests);
 
     let (dir, temporary) = match &a.dir {
         Some(d) => (d.clone(), false),
@@ -273,7 +283,7 @@ fn serve(
     config: &SimBoardConfig,
     a: &SimArgs,
     dir: &std::path::Path,
-    signals: &SigSet,
+    (stop, reset_requests): &(&AtomicBool, Receiver<()>),
 ) -> Result<()> {
     let mut boards = spawn_batch(config, a.boards, dir)?;
     let size_mb = config.flash_size()? >> 20;
@@ -296,11 +306,16 @@ fn serve(
         std::process::id()
     );
 
-    while let Signal::SIGUSR1 = signals.wait().context("waiting for signals")? {
-        for b in &boards {
-            b.reset_to_download();
+    while !stop.load(Ordering::SeqCst) {
+        if reset_requests
+            .recv_timeout(std::time::Duration::from_millis(50))
+            .is_ok()
+        {
+            for b in &boards {
+                b.reset_to_download();
+            }
+            eprintln!("reset {} board(s) into download mode", boards.len());
         }
-        eprintln!("reset {} board(s) into download mode", boards.len());
     }
     for b in &mut boards {
         b.stop();

@@ -2,9 +2,9 @@
 //! helpers to read the ledger and the boards' flash back.
 #![allow(dead_code)]
 
-use dpskit::bench::assign::Mac;
-use dpskit::bench::ledger::{BoardRow, Ledger};
-use dpskit::sim::{SimBoardConfig, VirtualBoard};
+use dpskit_factory::station::assign::Mac;
+use dpskit_factory::station::ledger::{BoardRow, Ledger};
+use dpskit_rehearsal::sim::{SimBoardConfig, VirtualBoard};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -121,8 +121,8 @@ paths = [{}]
     /// The board's `dps_cfg` partition, found through the partition table on its flash.
     pub fn config_partition(&self, index: usize) -> Vec<u8> {
         let b = &self.boards[index];
-        let table =
-            dpskit::board::partition::parse(&b.read_flash(0x8000, 0x1000).unwrap()).unwrap();
+        let table = dpskit_factory::board::partition::parse(&b.read_flash(0x8000, 0x1000).unwrap())
+            .unwrap();
         let p = table
             .find("dps_cfg")
             .expect("the board's table has dps_cfg");
@@ -158,11 +158,11 @@ pub fn check_done_rows_against_flash(rig: &Rig) -> usize {
         let Some(row) = rows.iter().find(|r| r.mac == mac) else {
             continue;
         };
-        if row.status != dpskit::bench::ledger::Status::Done {
+        if row.status != dpskit_factory::station::ledger::Status::Done {
             continue;
         }
         let part = rig.config_partition(i);
-        let cfg = dpskit::blob::nvs::decode_image(&part)
+        let cfg = dpskit_factory::blob::nvs::decode_image(&part)
             .unwrap_or_else(|e| panic!("board {mac} is done but its config does not decode: {e}"));
         assert_eq!(
             cfg.registration_id.as_str(),

@@ -3,12 +3,14 @@
 //! building user names, tokens, topics and bodies with dpskit-core's builders.
 #![allow(dead_code)]
 
-use dpskit::cloud::{client_config, AdminClient, Emulator, EmulatorConfig, EmulatorHandle, Group};
 use dpskit_core::dps::json::{DeviceRegistration, RegistrationOperationStatus, ServiceError};
 use dpskit_core::mqtt::{dps_username, hub_username};
 use dpskit_core::sas::{dps_resource, hub_resource};
 use dpskit_core::topic::{DeviceTopic, ServiceTopic, DPS_RESPONSES_FILTER};
 use dpskit_core::{DeviceKey, GroupKey, SasToken};
+use dpskit_rehearsal::emulator::{
+    client_config, AdminClient, Emulator, EmulatorConfig, EmulatorHandle, Group,
+};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode,
     TlsConfiguration, Transport,

@@ -232,13 +232,10 @@ impl DeviceConfig {
                 reason: "holds no PEM certificate; give --root-ca".into(),
             });
         }
-        let host = self.dps_host.as_str();
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-            return Err(ConfigError::Invalid {
-                key: keys::DPS_HOST,
-                reason: format!("{host:?} is not a host name; use e.g. {DEFAULT_DPS_HOST}"),
-            });
-        }
+        check_dps_host(&self.dps_host).map_err(|reason| ConfigError::Invalid {
+            key: keys::DPS_HOST,
+            reason,
+        })?;
         if let Some(ntp) = &self.ntp_server {
             if let Err(reason) = split_host_port(ntp) {
                 return Err(ConfigError::Invalid {
@@ -264,20 +261,16 @@ impl DeviceConfig {
                     reason: "set without a Wi-Fi SSID; give --wifi-ssid too".into(),
                 });
             }
-            if !pass.is_empty() && !(8..=63).contains(&pass.len()) {
-                return Err(ConfigError::Invalid {
-                    key: keys::WIFI_PASSWORD,
-                    reason: format!("{} characters; WPA2 passphrases are 8 to 63", pass.len()),
-                });
-            }
+            check_wifi_password(pass).map_err(|reason| ConfigError::Invalid {
+                key: keys::WIFI_PASSWORD,
+                reason,
+            })?;
         }
         if let Some(ssid) = &self.wifi_ssid {
-            if ssid.is_empty() || ssid.len() > 32 {
-                return Err(ConfigError::Invalid {
-                    key: keys::WIFI_SSID,
-                    reason: format!("{} bytes; an SSID is 1 to 32 bytes", ssid.len()),
-                });
-            }
+            check_wifi_ssid(ssid).map_err(|reason| ConfigError::Invalid {
+                key: keys::WIFI_SSID,
+                reason,
+            })?;
         }
         Ok(())
     }
@@ -308,6 +301,43 @@ pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
         ));
     }
     Ok((host, port))
+}
+
+/// The DPS endpoint a board connects to: a host name or address, optionally with `:port`
+/// (the virtual device and a rehearsal against an emulator on another port use one; the
+/// firmware connects to port 8883 of the host when none is given). No scheme, no path, no
+/// spaces. The one rule for the CLI, the station file and the firmware; callers prefix their
+/// own field name to the reason.
+pub fn check_dps_host(host: &str) -> Result<(), String> {
+    let bad = || format!("{host:?} is not a host name; use e.g. {DEFAULT_DPS_HOST}");
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(bad());
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        if name.is_empty() || name.contains(':') || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// A Wi-Fi SSID is 1 to 32 bytes (802.11).
+pub fn check_wifi_ssid(ssid: &str) -> Result<(), String> {
+    if ssid.is_empty() || ssid.len() > 32 {
+        return Err(format!("{} bytes; an SSID is 1 to 32 bytes", ssid.len()));
+    }
+    Ok(())
+}
+
+/// A Wi-Fi password is empty (an open network) or a WPA2 passphrase of 8 to 63 characters.
+pub fn check_wifi_password(pass: &str) -> Result<(), String> {
+    if !pass.is_empty() && !(8..=63).contains(&pass.len()) {
+        return Err(format!(
+            "{} characters; WPA2 passphrases are 8 to 63",
+            pass.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks one entry against NVS's own limits (key length, string size).

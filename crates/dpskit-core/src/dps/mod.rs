@@ -54,6 +54,8 @@ pub struct DpsConfig {
     pub device_key: DeviceKey,
     /// DPS host, normally `global.azure-devices-provisioning.net`.
     pub host: String,
+    /// 8883 unless the configured host said `host:port` (an emulator on another port).
+    pub port: u16,
     /// Custom allocation data sent as `payload`.
     pub payload: Option<Value>,
     pub token_ttl_secs: u64,
@@ -72,11 +74,19 @@ impl DpsConfig {
         device_key: DeviceKey,
         host: &str,
     ) -> Self {
+        let (host, port) = match host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
+                Ok(port) if port > 0 => (h, port),
+                _ => (host, MQTT_TLS_PORT),
+            },
+            _ => (host, MQTT_TLS_PORT),
+        };
         DpsConfig {
             id_scope,
             registration_id,
             device_key,
             host: host.to_string(),
+            port,
             payload: None,
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
             keep_alive_secs: DEFAULT_KEEP_ALIVE_SECS,
@@ -378,7 +388,7 @@ impl DpsClient {
         );
         ConnectParams {
             host: self.cfg.host.clone(),
-            port: MQTT_TLS_PORT,
+            port: self.cfg.port,
             client_id: id.to_string(),
             username: mqtt::dps_username(scope, id),
             password: token.to_string(),
