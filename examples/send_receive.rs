@@ -25,7 +25,7 @@ use dpskit_core::mqtt::{Action, Event};
 use dpskit_core::DeviceConfig;
 use dpskit_device::driver::{Clock, Incoming, MqttSession};
 use dpskit_factory::blob::nvs;
-use dpskit_rehearsal::device::{tls, Endpoints, HostClock, HostSession};
+use dpskit_rehearsal::device::{tls, Endpoints, HostClock, HostConnector, HostSession};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,7 +88,8 @@ async fn run(opts: &Options, mut say: impl FnMut(String)) -> Result<Summary> {
         tls_server_name: None,
     };
     let tls_config = tls::client_config(&trust, Arc::new(clock))?;
-    let mut session = HostSession::new(tls_config, clock, endpoints, Duration::from_secs(10));
+    let connector = HostConnector::new(tls_config, endpoints, Duration::from_secs(10));
+    let mut session = connector.session(&clock);
 
     say(format!(
         "registering {} with DPS {}",
@@ -104,7 +105,7 @@ async fn run(opts: &Options, mut say: impl FnMut(String)) -> Result<Summary> {
 
 /// Carries out one connection action; the event it produced, or the machine's output.
 async fn perform<O>(
-    session: &mut HostSession,
+    session: &mut HostSession<'_>,
     action: Action<O>,
 ) -> Result<Option<Event<'static>>, O> {
     let lost = Event::Disconnected { random: rand_u32() };
@@ -140,7 +141,7 @@ fn rand_u32() -> u32 {
 
 /// DPS: register, poll, and return the assignment (or DPS's error in plain words).
 async fn provision(
-    session: &mut HostSession,
+    session: &mut HostSession<'_>,
     clock: &HostClock,
     cfg: &DeviceConfig,
 ) -> Result<Assignment> {
@@ -173,7 +174,7 @@ async fn provision(
 
 /// IoT Hub: telemetry every interval, C2D printed, methods answered, until `messages` sent.
 async fn hub_session(
-    session: &mut HostSession,
+    session: &mut HostSession<'_>,
     clock: &HostClock,
     cfg: &DeviceConfig,
     assignment: &Assignment,

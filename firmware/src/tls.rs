@@ -7,6 +7,7 @@ use alloc::ffi::CString;
 use alloc::format;
 use core::ffi::CStr;
 use core::net::{IpAddr, SocketAddr};
+use dpskit_core::mqtt::ConnectParams;
 use dpskit_device::session::Connector;
 use dpskit_device::{LinkError, LinkErrorKind};
 use dpskit_firmware_glue::link;
@@ -74,7 +75,8 @@ impl<'a> Connector for TlsConnector<'a> {
     where
         Self: 's;
 
-    async fn open<'s>(&'s self, host: &str, port: u16) -> Result<Self::Stream<'s>, LinkError> {
+    async fn open<'s>(&'s self, params: &ConnectParams) -> Result<Self::Stream<'s>, LinkError> {
+        let (host, port) = (params.host.as_str(), params.port);
         let ip = self.resolve(host).await?;
         let remote = SocketAddr::new(ip, port);
         let tcp = self.tcp.connect(remote).await.map_err(|e| {

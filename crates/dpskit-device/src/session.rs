@@ -32,12 +32,13 @@ pub trait Connector {
     type Stream<'a>: Read + Write + embedded_io_async::ErrorType<Error = Self::Error>
     where
         Self: 'a;
-    /// TCP + TLS to `host:port`, trusting only the config's root CAs and checking the
-    /// certificate against `host` (a PC may connect elsewhere but still checks `host`).
+    /// TCP + TLS to `params.host:params.port`, trusting only the config's root CAs and
+    /// checking the certificate against `params.host` (a PC may connect elsewhere, e.g. to a
+    /// local emulator it picks by the CONNECT user name, but still checks the name).
     /// Failures are described for the device's user: certificate problems as
     /// [`LinkErrorKind::Certificate`] naming the CA, unreachable hosts as
     /// [`LinkErrorKind::Unreachable`].
-    async fn open<'a>(&'a self, host: &str, port: u16) -> Result<Self::Stream<'a>, LinkError>;
+    async fn open<'a>(&'a self, params: &ConnectParams) -> Result<Self::Stream<'a>, LinkError>;
     /// Ends the stream politely (TLS close_notify); dropping it must also be safe.
     async fn close<'a>(&'a self, stream: Self::Stream<'a>) {
         drop(stream);
@@ -125,7 +126,7 @@ impl<'a, C: Connector, S: Sleep, K: Clock> Session<'a, C, S, K> {
         let deadline = started + self.limits.timeout_ms;
         let peer = format!("{}:{}", params.host, params.port);
         let stream = match first(
-            self.connector.open(&params.host, params.port),
+            self.connector.open(params),
             self.sleep.sleep_ms(self.limits.timeout_ms),
         )
         .await

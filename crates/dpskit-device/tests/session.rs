@@ -36,12 +36,12 @@ struct Pipes(RefCell<Vec<DuplexStream>>);
 impl Connector for Pipes {
     type Error = std::io::Error;
     type Stream<'a> = FromTokio<DuplexStream>;
-    async fn open<'a>(&'a self, host: &str, _port: u16) -> Result<Self::Stream<'a>, LinkError> {
+    async fn open<'a>(&'a self, params: &ConnectParams) -> Result<Self::Stream<'a>, LinkError> {
         match self.0.borrow_mut().pop() {
             Some(p) => Ok(FromTokio::new(p)),
             None => Err(LinkError::new(
                 LinkErrorKind::Unreachable,
-                format!("{host}: refused"),
+                format!("{}: refused", params.host),
             )),
         }
     }

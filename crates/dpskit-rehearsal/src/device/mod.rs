@@ -16,7 +16,7 @@ pub mod store;
 pub mod tls;
 
 pub use clock::HostClock;
-pub use session::{Endpoints, HostSession};
+pub use session::{Endpoints, HostConnector, HostSession, TokioSleep};
 pub use store::{default_state_path, StateStore};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -188,7 +188,8 @@ impl VirtualDevice {
         let trust = tls::Trust::from_pem(&opts.config.root_ca_pem)?;
         let clock = HostClock::new(opts.clock_offset_ms);
         let tls_config = tls::client_config(&trust, Arc::new(clock))?;
-        let mut session = HostSession::new(tls_config, clock, opts.endpoints.clone(), opts.timeout);
+        let connector = HostConnector::new(tls_config, opts.endpoints.clone(), opts.timeout);
+        let mut session = connector.session(&clock);
         let mut store = opts.state.clone();
         let mut entropy = HostEntropy::new();
         let mut report = Report {
@@ -345,132 +346,7 @@ impl RunningDevice {
     }
 }
 
-fn text(body: &[u8]) -> String {
-    match std::str::from_utf8(body) {
-        Ok(s) => s.to_string(),
-        Err(_) => {
-            use base64::Engine;
-            format!(
-                "base64:{}",
-                base64::engine::general_purpose::STANDARD.encode(body)
-            )
-        }
-    }
-}
-
-/// One human line for an output (`None` for those not worth a line).
+/// One human line for an output (`None` for those not worth a line): the board's log line.
 pub fn describe(output: &AppOutput) -> Option<String> {
-    Some(match output {
-        AppOutput::StoredAssignmentIgnored { reason } => {
-            format!("stored assignment not used: {reason}")
-        }
-        AppOutput::UsingStoredAssignment { hub, device_id } => {
-            format!("using the stored assignment: hub {hub}, device {device_id} (DPS skipped)")
-        }
-        AppOutput::Registering { dps_host, reason } => {
-            let why = match reason {
-                dpskit_device::RegisterReason::NoStoredAssignment => "no stored assignment",
-                dpskit_device::RegisterReason::HubRefused => {
-                    "the hub refused the stored assignment"
-                }
-                dpskit_device::RegisterReason::HubUnreachable => "the assigned hub is unreachable",
-            };
-            format!("registering with DPS {dps_host} ({why})")
-        }
-        AppOutput::Provisioned {
-            hub,
-            device_id,
-            substatus,
-        } => format!(
-            "provisioned: hub {hub}, device {device_id}{}",
-            substatus
-                .as_deref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default()
-        ),
-        AppOutput::StoreAssignment(_) => return None,
-        AppOutput::HubConnected {
-            hub,
-            device_id,
-            session_present,
-        } => format!(
-            "connected to IoT Hub {hub} as {device_id}{}",
-            if *session_present {
-                " (session resumed)"
-            } else {
-                ""
-            }
-        ),
-        AppOutput::HubRefused { error, then } => format!("{error}; {then}"),
-        AppOutput::HubDisconnected {
-            reconnect_at_ms,
-            cause,
-        } => format!(
-            "IoT Hub connection lost{}; retrying at {}",
-            cause
-                .as_ref()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default(),
-            dpskit_device::format_unix_ms(*reconnect_at_ms)
-        ),
-        AppOutput::TelemetrySent { seq, message } => match seq {
-            Some(n) => format!("telemetry #{n}: {}", text(&message.body)),
-            None => format!("message sent: {}", text(&message.body)),
-        },
-        AppOutput::C2d(m) => {
-            let props: Vec<String> = m
-                .properties
-                .iter()
-                .map(|(k, v)| v.map_or_else(|| k.to_string(), |v| format!("{k}={v}")))
-                .collect();
-            format!(
-                "C2D message{}: {}{}",
-                m.message_id
-                    .as_deref()
-                    .map(|id| format!(" {id}"))
-                    .unwrap_or_default(),
-                text(&m.body),
-                if props.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", props.join(", "))
-                }
-            )
-        }
-        AppOutput::MethodCalled {
-            name,
-            request,
-            status,
-            response,
-        } => format!(
-            "method {name}({}) → {status} {}",
-            text(request),
-            text(response)
-        ),
-        AppOutput::DesiredProperties {
-            version,
-            properties,
-            complete,
-        } => format!(
-            "desired properties{} ({}): {properties}",
-            version.map(|v| format!(" v{v}")).unwrap_or_default(),
-            if *complete { "twin" } else { "update" }
-        ),
-        AppOutput::TelemetryIntervalChanged { secs } => {
-            format!("telemetry interval is now {secs} s")
-        }
-        AppOutput::ReportedSent { patch } => format!("reported properties sent: {patch}"),
-        AppOutput::ReportedAck { version } => format!(
-            "reported properties stored{}",
-            version
-                .map(|v| format!(" (version {v})"))
-                .unwrap_or_default()
-        ),
-        AppOutput::RebootRequested => "reboot requested: restarting".into(),
-        AppOutput::Warning(w) => format!("warning: {w}"),
-        AppOutput::Finished { messages_sent } => {
-            format!("done: {messages_sent} message(s) sent since boot")
-        }
-        AppOutput::Failed(e) => format!("failed: {e}"),
-    })
+    output.log_line().map(|(_, line)| line)
 }
