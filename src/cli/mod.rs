@@ -7,6 +7,7 @@ use std::process::ExitCode;
 pub mod bench;
 pub mod board;
 pub mod config;
+pub mod image;
 pub mod key_args;
 pub mod keys;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Ports(board::PortsArgs),
     /// Report what is on a board (chip, PSRAM, security, partitions, firmware, config).
     Inspect(board::InspectArgs),
+    /// Write a board's whole flash as one file: bootloader, partition table, app, config.
+    FlashImage(image::FlashImageArgs),
     /// Write a config image into a board's config partition, verified by MD5.
     WriteConfig(board::WriteConfigArgs),
     /// Start virtual ESP32-S3 boards in ROM download mode on pseudo-terminals.
@@ -126,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ports(a) => board::ports(a),
         Command::Inspect(a) => board::inspect(a),
         Command::WriteConfig(a) => board::write_config(a),
+        Command::FlashImage(a) => image::run(a),
         #[cfg(feature = "rehearsal")]
         Command::Sim(a) => sim::run(a),
         #[cfg(feature = "rehearsal")]

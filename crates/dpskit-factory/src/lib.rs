@@ -13,6 +13,7 @@ pub mod blob;
 pub mod board;
 pub mod error;
 pub mod files;
+pub mod flash_image;
 pub mod interrupt;
 pub mod keys;
 pub mod station;

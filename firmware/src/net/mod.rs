@@ -78,7 +78,15 @@ pub fn start(
     );
     spawner.spawn(openeth::net_task(runner).expect("the network task starts once"));
     spawner.spawn(openeth::poll_task().expect("the Ethernet poll task starts once"));
-    log::info!("network: Ethernet (QEMU open_eth), MAC {mac:02x?}");
+    log::info!(
+        "network: Ethernet (QEMU open_eth), MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
+    );
     Ok(stack)
 }
 
