@@ -51,7 +51,7 @@ const _: () = assert!(
 );
 
 /// How often the heap and RSSI numbers the app reports are refreshed.
-const STATUS_EVERY: Duration = Duration::from_secs(10);
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Logs `why` every minute, forever: a board without a usable config must not crash-loop.
 async fn wait_forever(why: &dyn core::fmt::Display) -> ! {
@@ -116,11 +116,15 @@ impl Storage for Nvs {
     }
 }
 
-/// Fresh platform numbers for the app every [`STATUS_EVERY`].
-struct StatusUpdates;
+/// Fresh platform numbers for the app every [`STATUS_EVERY`]. The driver asks anew each
+/// time it waits, so the schedule is kept here, not restarted with every call.
+struct StatusUpdates {
+    next: embassy_time::Instant,
+}
 impl Control for StatusUpdates {
     async fn next_command(&mut self) -> Command {
-        Timer::after(STATUS_EVERY).await;
+        Timer::at(self.next).await;
+        self.next = embassy_time::Instant::now() + STATUS_EVERY;
         Command::Status(status::read())
     }
 }
@@ -229,7 +233,9 @@ async fn main(spawner: Spawner) -> ! {
     let end = driver::run(
         &mut app,
         &mut session,
-        &mut StatusUpdates,
+        &mut StatusUpdates {
+            next: embassy_time::Instant::now() + STATUS_EVERY,
+        },
         platform,
         log_output,
     )
