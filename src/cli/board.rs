@@ -218,6 +218,15 @@ pub fn render(r: &BoardReport) -> String {
     }
     if let Some(app) = &r.app {
         let _ = writeln!(s, "\nFirmware ({} at {:#x}):", app.partition, app.offset);
+        if let Some(h) = &app.header {
+            let mb = h.flash_size_mb.map_or("?".into(), |m| format!("{m} MB"));
+            let mhz = h.flash_freq_mhz.map_or("?".into(), |m| format!("{m} MHz"));
+            let _ = writeln!(
+                s,
+                "  image header: flash mode {}, {mb}, {mhz}",
+                h.flash_mode
+            );
+        }
         match &app.descriptor {
             Ok(d) => {
                 let _ = writeln!(s, "  project {}  version {}", d.project_name, d.version);

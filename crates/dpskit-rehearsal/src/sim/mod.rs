@@ -23,11 +23,16 @@ pub mod flash;
 pub mod image;
 pub mod protocol;
 pub mod pty;
+pub mod qemu;
 pub mod slip;
 
 pub use board::{spawn_batch, SimBoardConfig, VirtualBoard};
 pub use efuse::{
     ChipKind, EfuseProfile, EmbeddedFlash, FlashVendor, PsramSize, PsramVendor, Revision, Security,
 };
-pub use image::{AppDescriptor, ImageLayout, Layout, DEFAULT_PARTITIONS_CSV};
-pub use protocol::{BoardState, CorruptReply, Faults, ResetBehaviour, Stats};
+pub use image::{
+    default_app, AppDescriptor, ImageFlashMode, ImageLayout, Layout, DEFAULT_PARTITIONS_CSV,
+};
+pub use protocol::{
+    BoardState, ChipProfile, CorruptReply, Faults, ResetBehaviour, Stats, VirtualChip,
+};
