@@ -462,11 +462,15 @@ fn run_board(mut device: VirtualChip, pty: Pty, shared: &Shared, line_rate: bool
                 })
             };
             let ready = line.wait(!queue.is_empty(), Some(&shared.waker), timeout)?;
+            // When the next bytes may leave: the chip cannot answer before the request is
+            // through the wire, nor before it is done (Output::Pause). Kept as a deadline so
+            // the thread's own overheads are absorbed, not added.
+            let mut due = Instant::now();
             if ready.readable {
                 let n = line.read(&mut buf)?;
                 if n > 0 {
                     if line_rate {
-                        std::thread::sleep(wire_time(n, device.baud()));
+                        due += wire_time(n, device.baud());
                     }
                     outputs.extend(device.feed(&buf[..n], Instant::now()));
                 }
@@ -494,18 +498,22 @@ fn run_board(mut device: VirtualChip, pty: Pty, shared: &Shared, line_rate: bool
                     Output::DropLine => drop_line = true,
                     Output::Pause(d) => {
                         // What was answered before goes out first; then the chip is busy.
-                        if line_rate {
-                            std::thread::sleep(wire_time(queue.len(), device.baud()));
+                        if !queue.is_empty() {
+                            if line_rate {
+                                due += wire_time(queue.len(), device.baud());
+                            }
+                            sleep_until(due);
+                            flush(line, &mut queue, Duration::from_millis(200))?;
                         }
-                        flush(line, &mut queue, Duration::from_millis(200))?;
-                        std::thread::sleep(d);
+                        due += d;
                     }
                 }
             }
             if !queue.is_empty() {
                 if line_rate {
-                    std::thread::sleep(wire_time(queue.len(), device.baud()));
+                    due += wire_time(queue.len(), device.baud());
                 }
+                sleep_until(due);
                 let n = line.write(&queue)?;
                 queue.drain(..n);
                 if queue.len() > MAX_QUEUED {
@@ -528,6 +536,13 @@ fn run_board(mut device: VirtualChip, pty: Pty, shared: &Shared, line_rate: bool
         c.state = None;
     }
     drop(pty);
+}
+
+fn sleep_until(due: Instant) {
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
 }
 
 fn flush(line: &Pty, queue: &mut Vec<u8>, max_wait: Duration) -> std::io::Result<()> {

@@ -65,7 +65,7 @@ pub struct QemuBoard {
 
 impl QemuBoard {
     /// Writes the flash image and eFuses `config` describes, boots the ROM and waits until it
-    /// prints `waiting for download`. Flash must be 2, 4, 8 or 16 MB.
+    /// says it waits for a download. Flash must be 2, 4, 8 or 16 MB.
     pub fn spawn(config: &SimBoardConfig) -> Result<QemuBoard> {
         let qemu = qemu_dir()?;
         let dir = tempfile::Builder::new().prefix("dpskit-qemu-").tempdir()?;
@@ -169,7 +169,10 @@ impl QemuBoard {
             match line.read(&mut buf) {
                 Ok(n) if n > 0 => {
                     seen.extend_from_slice(&buf[..n]);
-                    if String::from_utf8_lossy(&seen).contains("waiting for download") {
+                    let text = String::from_utf8_lossy(&seen);
+                    // `waiting for download` (USB/UART0 boot) or `wait uart0 download`
+                    // (the UART0 strap QEMU uses).
+                    if text.contains("waiting for download") || text.contains("uart0 download") {
                         return Ok(());
                     }
                 }
@@ -184,7 +187,7 @@ impl QemuBoard {
             }
         }
         bail!(
-            "the ROM did not print `waiting for download` within {timeout:?} (saw {:?})",
+            "the ROM did not say it waits for a download within {timeout:?} (saw {:?})",
             String::from_utf8_lossy(&seen)
         )
     }

@@ -53,6 +53,16 @@ pub(super) enum InflateError {
 }
 
 impl VirtualChip {
+    /// Counts bytes programmed, and those in pages that hold data (the costly ones).
+    pub(super) fn count_programmed(&mut self, bytes: &[u8]) {
+        self.stats.flash_bytes_programmed += bytes.len() as u64;
+        self.stats.flash_bytes_with_data += bytes
+            .chunks(256)
+            .filter(|page| page.iter().any(|b| *b != 0xFF))
+            .map(|page| page.len() as u64)
+            .sum::<u64>();
+    }
+
     pub(super) fn reset_registers(&mut self) {
         self.regs.clear();
         self.regs
@@ -171,7 +181,7 @@ impl VirtualChip {
                     if let Some(w) = self.write.as_mut() {
                         w.written += buf.len() as u32;
                     }
-                    self.stats.flash_bytes_programmed += buf.len() as u64;
+                    self.count_programmed(&buf);
                 }
             }
             if status == Status::StreamEnd || (input.is_empty() && !full) {

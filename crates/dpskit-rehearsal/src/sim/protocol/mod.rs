@@ -210,6 +210,8 @@ pub struct Stats {
     pub stub_starts: u64,
     pub loader_exits: u64,
     pub flash_bytes_programmed: u64,
+    /// Of those, the bytes in 256-byte pages that hold anything but 0xFF (what takes time).
+    pub flash_bytes_with_data: u64,
     pub flash_bytes_erased: u64,
     pub flash_bytes_hashed: u64,
     pub last_command: Option<u8>,
@@ -528,10 +530,11 @@ impl VirtualChip {
             let (s, at) = before;
             let work = timing::Work {
                 bytes_in: frame.len() as u64,
+                sync: op == op::SYNC,
                 read_slow: op == op::READ_FLASH_SLOW,
                 sectors_erased: (self.stats.flash_bytes_erased - s.flash_bytes_erased)
                     .div_ceil(u64::from(super::flash::SECTOR_SIZE)),
-                bytes_programmed: self.stats.flash_bytes_programmed - s.flash_bytes_programmed,
+                bytes_programmed: self.stats.flash_bytes_with_data - s.flash_bytes_with_data,
                 bytes_hashed: self.stats.flash_bytes_hashed - s.flash_bytes_hashed,
             };
             out.insert(at.min(out.len()), Output::Pause(t.cost(&work)));

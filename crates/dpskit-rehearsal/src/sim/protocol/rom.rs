@@ -202,7 +202,7 @@ impl VirtualChip {
         if self.flash.program(addr as u32, &payload[..n]).is_err() {
             return Err(rom_err::FLASH_WRITE);
         }
-        self.stats.flash_bytes_programmed += n as u64;
+        self.count_programmed(&payload[..n]);
         Ok((0, Vec::new()))
     }
 

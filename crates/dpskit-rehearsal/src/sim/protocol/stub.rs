@@ -307,7 +307,7 @@ impl VirtualChip {
         }
         self.flash.program(addr, bytes)?;
         w.written += bytes.len() as u32;
-        self.stats.flash_bytes_programmed += bytes.len() as u64;
+        self.count_programmed(bytes);
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use super::rom::SYNC_PAYLOAD_HEAD;
 use super::*;
 use crate::sim::efuse::{ChipKind, Security};
 use crate::sim::flash::MemFlash;
-use md5::Digest;
+use md5::{Digest, Md5};
 use std::io::Write;
 
 fn device() -> VirtualChip {

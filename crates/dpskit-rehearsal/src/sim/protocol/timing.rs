@@ -17,12 +17,14 @@ pub struct RomTiming {
     /// What the loader spends on each byte it receives beyond the wire time (its UART FIFO
     /// and software SLIP decoding).
     pub per_byte_in: Duration,
+    /// `SYNC`, on top of the turnaround (the ROM answers it eight times).
+    pub sync: Duration,
     /// One `READ_FLASH_SLOW` (64 bytes through the ROM's SPI flash routines), on top of the
     /// turnaround.
     pub read_slow: Duration,
     /// Erasing one 4 KiB sector (`FLASH_BEGIN`: the ROM erases the region up front).
     pub erase_per_sector: Duration,
-    /// Programming 1 KiB.
+    /// Programming 1 KiB that is not erased flash (the ROM skips pages of 0xFF).
     pub program_per_kib: Duration,
     /// `SPI_FLASH_MD5` per KiB hashed.
     pub md5_per_kib: Duration,
@@ -33,12 +35,13 @@ impl RomTiming {
     /// rate (the wire time is the line's).
     pub fn esp32s3_rom_in_qemu() -> RomTiming {
         RomTiming {
-            turnaround: Duration::from_micros(1_500),
+            turnaround: Duration::from_micros(200),
             per_byte_in: Duration::from_nanos(0),
-            read_slow: Duration::from_micros(500),
-            erase_per_sector: Duration::from_micros(500),
-            program_per_kib: Duration::from_micros(300),
-            md5_per_kib: Duration::from_micros(150),
+            sync: Duration::from_micros(4_000),
+            read_slow: Duration::from_micros(4_500),
+            erase_per_sector: Duration::from_micros(1_300),
+            program_per_kib: Duration::from_micros(30_000),
+            md5_per_kib: Duration::from_micros(1_000),
         }
     }
 }
@@ -47,6 +50,7 @@ impl RomTiming {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Work {
     pub bytes_in: u64,
+    pub sync: bool,
     pub read_slow: bool,
     pub sectors_erased: u64,
     pub bytes_programmed: u64,
@@ -64,6 +68,9 @@ impl RomTiming {
         if w.read_slow {
             t += self.read_slow;
         }
+        if w.sync {
+            t += self.sync;
+        }
         t += self.erase_per_sector * (w.sectors_erased.min(u64::from(u32::MAX)) as u32);
         t += per_kib(self.program_per_kib, w.bytes_programmed);
         t += per_kib(self.md5_per_kib, w.bytes_hashed);
@@ -80,6 +87,7 @@ mod tests {
         let t = RomTiming {
             turnaround: Duration::from_millis(1),
             per_byte_in: Duration::from_micros(1),
+            sync: Duration::from_millis(3),
             read_slow: Duration::from_millis(2),
             erase_per_sector: Duration::from_millis(10),
             program_per_kib: Duration::from_millis(4),
@@ -88,6 +96,7 @@ mod tests {
         assert_eq!(t.cost(&Work::default()), Duration::from_millis(1));
         let w = Work {
             bytes_in: 1000,
+            sync: false,
             read_slow: true,
             sectors_erased: 6,
             bytes_programmed: 2048,
