@@ -26,10 +26,9 @@ pub struct PortArgs {
     /// What to do when done.
     #[arg(long, value_enum, default_value = "hard-reset")]
     pub after: After,
-    /// Upload espflash's flasher stub first. Off by default: for a 24 KB config on a UART
-    /// bridge the ROM loader is faster (0.56 s vs 1.43 s per board at 921600 baud; see
-    /// `cargo bench --bench write_config`), since uploading the stub at 115200 baud costs more
-    /// than its compressed writes save.
+    /// Upload espflash's flasher stub first. Off by default: for a 24 KB config the ROM
+    /// loader, which writes compressed too, is faster (see `cargo bench --bench cold_board`),
+    /// since the stub must be uploaded at 115200 baud.
     #[arg(long)]
     pub stub: bool,
     /// Partition table offset (CONFIG_PARTITION_TABLE_OFFSET).

@@ -7,8 +7,8 @@
 //!
 //! What espflash's `Flasher::connect` cannot do is wrapped around its public `Connection` and
 //! `Command`s, not forked:
-//! - the baud rate changes right after the first SYNC and chip check, so everything after it
-//!   (eFuses, flash ID, the stub upload) runs at the fast rate, not at 115200;
+//! - with the ROM loader the baud rate changes right after the first SYNC and chip check, so
+//!   everything after it (eFuses, flash ID, reads, the write) runs at the fast rate;
 //! - with the ROM loader, writes are compressed (`FLASH_DEFL_*`: a 24 KB config image, mostly
 //!   erased flash, is ~2 KB on the wire) and end without `FLASH_END`, so the loader stays in
 //!   download mode as it does with the stub;
@@ -100,6 +100,8 @@ pub struct BoardLink {
 /// ROM loader write block (`FLASH_WRITE_SIZE` in esptool): compressed data goes in blocks of
 /// this size.
 const ROM_BLOCK: u32 = 0x400;
+/// How often a compressed block the ROM refused is sent again.
+const ROM_BLOCK_RETRIES: u32 = 2;
 /// `READ_FLASH_SLOW` returns at most this much per command.
 const ROM_READ_BLOCK: u32 = 64;
 /// The stub streams reads in packets of this size.
@@ -158,7 +160,12 @@ impl BoardLink {
                 });
             }
         }
-        let baud = match opts.baud.filter(|b| *b > 115_200) {
+        // The ROM loader switches now, so everything after runs fast. The stub is uploaded at
+        // 115200 first, as espflash and esptool do: the ROM takes its 6 KB RAM blocks
+        // reliably only at the boot rate (it drops bytes at 921600 in Espressif's emulator);
+        // the stub then switches.
+        let early = if opts.use_stub { None } else { opts.baud };
+        let baud = match early.filter(|b| *b > 115_200) {
             Some(b) => {
                 // The ROM answers at the old rate, then switches (old rate 0: the ROM's).
                 conn.with_timeout(CommandType::ChangeBaudrate.timeout(), |c| {
@@ -181,8 +188,8 @@ impl BoardLink {
         let serial = conn.into_serial();
         let mut link = if opts.use_stub {
             let conn = Connection::new(serial, info, after, ResetBeforeOperation::NoReset, baud);
-            let flasher =
-                Flasher::connect(conn, true, true, false, Some(chip), None).map_err(connect_err)?;
+            let flasher = Flasher::connect(conn, true, true, false, Some(chip), opts.baud)
+                .map_err(connect_err)?;
             BoardLink {
                 flasher,
                 use_stub: true,
@@ -497,18 +504,29 @@ impl BoardLink {
         )
         .map_err(|e| fail(false, e))?;
         for (i, block) in compressed.chunks(ROM_BLOCK as usize).enumerate() {
-            conn.with_timeout(
-                CommandType::FlashDeflData.timeout_for_size(data.len() as u32),
-                |c| {
-                    c.command(Command::FlashDeflData {
-                        data: block,
-                        pad_to: 0,
-                        pad_byte: 0xFF,
-                        sequence: i as u32,
-                    })
-                },
-            )
-            .map_err(|e| fail(true, e))?;
+            // A block the ROM refused (a checksum spoilt on the line) was not taken: send it
+            // again, as esptool does. The MD5 below is the proof either way.
+            let mut attempt = 0;
+            loop {
+                let sent = conn.with_timeout(
+                    CommandType::FlashDeflData.timeout_for_size(data.len() as u32),
+                    |c| {
+                        c.command(Command::FlashDeflData {
+                            data: block,
+                            pad_to: 0,
+                            pad_byte: 0xFF,
+                            sequence: i as u32,
+                        })
+                    },
+                );
+                match sent {
+                    Ok(_) => break,
+                    Err(espflash::Error::RomError(_)) if attempt < ROM_BLOCK_RETRIES => {
+                        attempt += 1
+                    }
+                    Err(e) => return Err(fail(true, e)),
+                }
+            }
             progress.update(i + 1);
         }
         progress.verifying();
