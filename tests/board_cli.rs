@@ -62,6 +62,16 @@ fn inspect_json(b: &VirtualBoard, extra: &[&str]) -> (Value, i32) {
     (v, out.status.code().unwrap())
 }
 
+/// `dpskit write-config --image IMAGE` against `board`.
+fn write_image(board: &VirtualBoard, image: &Path) -> assert_cmd::assert::Assert {
+    dpskit()
+        .arg("write-config")
+        .args(on(board))
+        .arg("--image")
+        .arg(image)
+        .assert()
+}
+
 fn build_image(dir: &Path, id: &str) -> std::path::PathBuf {
     let out = dir.join(format!("{id}.bin"));
     dpskit()
@@ -345,12 +355,7 @@ fn unsuitable_config_partitions_are_refused_and_nothing_is_written() {
     ] {
         let b = board_with_table(csv);
         let before = b.read_flash(0, b.flash_size()).unwrap();
-        dpskit()
-            .arg("write-config")
-            .args(on(&b))
-            .arg("--image")
-            .arg(&image)
-            .assert()
+        write_image(&b, &image)
             .code(2)
             .stderr(predicate::str::contains(expect));
         assert!(b.read_flash(0, b.flash_size()).unwrap() == before, "flash changed for {expect}");
@@ -368,12 +373,7 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
         drop_at_command: Some(op::FLASH_DEFL_DATA),
         ..Faults::default()
     });
-    dpskit()
-        .arg("write-config")
-        .args(on(&b))
-        .args(["--image"])
-        .arg(&image)
-        .assert()
+    write_image(&b, &image)
         .code(3)
         .stderr(predicate::str::contains("NOT provisioned"))
         .stderr(predicate::str::contains("dropped while writing"))
@@ -386,12 +386,7 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
         ..SimBoardConfig::default()
     })
     .unwrap();
-    dpskit()
-        .arg("write-config")
-        .args(on(&corrupt))
-        .args(["--image"])
-        .arg(&image)
-        .assert()
+    write_image(&corrupt, &image)
         .failure()
         .stderr(predicate::str::contains("NOT provisioned"));
 }
@@ -453,12 +448,7 @@ fn a_table_past_4_gib_or_past_the_flash_is_refused_before_anything_is_allocated(
             .write_all_at(&table, 0x8000)
             .unwrap();
         let before = b.read_flash(0, b.flash_size()).unwrap();
-        dpskit()
-            .arg("write-config")
-            .args(on(&b))
-            .arg("--image")
-            .arg(&image)
-            .assert()
+        write_image(&b, &image)
             .code(2)
             .stderr(predicate::str::contains("partition table"))
             .stderr(predicate::str::contains(expect));

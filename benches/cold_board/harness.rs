@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-pub const GROUP_KEY: &str =
-    "6p7c62kKPwxAl8Roba6V0AV+u8WtUbIHz7i6XZJm899K1LoWVDkcqFXJ3IafdQRnBpdazaBDoggKr/TO+YFMqA==";
+pub use crate::station::GROUP_KEY;
 pub const SCOPE: &str = "0ne00ABCDEF";
 pub const BAUD: u32 = 921_600;
 /// `dps_cfg` in templates/partitions.csv.
@@ -385,42 +384,23 @@ pub fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-/// `N` boards provisioned at once by `dpskit write-config` processes (one per board, all
-/// started together): wall time from the first start to the last exit.
-pub fn batch(dpskit: &Path, boards: &[Board], work: &Path, stub: bool) -> anyhow::Result<Duration> {
-    let key = work.join("group.key");
-    std::fs::write(&key, GROUP_KEY)?;
+/// `N` boards provisioned at once by the factory bench (`dpskit provision`'s library: one
+/// worker per port, ROM loader or stub, 921600 baud, a fresh station and ledger): wall time.
+pub fn batch(boards: &[Board], stub: bool) -> anyhow::Result<Duration> {
+    use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
+    let dir = tempfile::tempdir()?;
+    let station = crate::station::bench_station(dir.path(), stub, Some(BAUD), None);
+    let ports: Vec<String> = boards.iter().map(Board::port).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let start = Instant::now();
-    let children: Vec<_> = boards
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let mut c = std::process::Command::new(dpskit);
-            c.args(["write-config", "--port", &b.port(), "--baud", "921600"])
-                .args(["--before", "no-reset", "--after", "no-reset"])
-                .args(["--id-scope", SCOPE, "--registration-id"])
-                .arg(format!("bench-{i:04}"))
-                .arg("--group-key-file")
-                .arg(&key)
-                .arg("--json")
-                .env_remove("DPSKIT_GROUP_KEY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            if stub {
-                c.arg("--stub");
-            }
-            c.spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    let mut failed = Vec::new();
-    for c in children {
-        let out = c.wait_with_output()?;
-        if !out.status.success() {
-            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-    }
+    let report = run_batch(&station, &ports, RunOptions::default(), &stop)?;
     let took = start.elapsed();
+    let failed: Vec<&str> = report
+        .results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Done)
+        .map(|r| r.reason.as_str())
+        .collect();
     anyhow::ensure!(
         failed.is_empty(),
         "{} board(s) failed: {}",

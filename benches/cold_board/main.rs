@@ -14,6 +14,8 @@
 //! the harness is known to work without the emulator.
 
 mod harness;
+#[path = "../common/station.rs"]
+mod station;
 
 use harness::{Board, Job, Op, Rig};
 use std::time::Duration;
@@ -144,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    println!("\nBatches: dpskit write-config (ROM loader) on N cold boards at once, wall time:");
+    println!("\nBatches: dpskit provision (ROM loader, 921600 baud) on N cold boards at once, wall time:");
     let mut sizes: Vec<(Rig, usize)> = Vec::new();
     if rigs.contains(&Rig::RealRom) {
         sizes.extend(
@@ -177,13 +179,13 @@ fn main() -> anyhow::Result<()> {
         let rounds_here = if n > 10 { 1 } else { rounds.min(3) };
         // Round 0 uses the boards started above; later rounds start fresh ones.
         let mut times: Vec<Duration> = Vec::new();
-        times.push(harness::batch(&dpskit, &boards, work.path(), false)?);
+        times.push(harness::batch(&boards, false)?);
         drop(boards);
         for _ in 1..rounds_here {
             let fresh = (0..n)
                 .map(|i| Board::cold(rig, i))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            times.push(harness::batch(&dpskit, &fresh, work.path(), false)?);
+            times.push(harness::batch(&fresh, false)?);
         }
         let m = harness::median(&mut times);
         let b = match base {

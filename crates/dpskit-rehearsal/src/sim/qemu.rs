@@ -11,6 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +91,8 @@ impl QemuBoard {
         let efuse_path = dir.path().join("efuse.bin");
         write_private(&efuse_path, &efuse_file(&config.profile))?;
 
-        let mut child = Command::new("unshare")
+        let mut command = Command::new("unshare");
+        command
             .arg("--net")
             .arg("--")
             .arg(qemu.join("bin/qemu-system-xtensa"))
@@ -115,7 +117,17 @@ impl QemuBoard {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // QEMU dies with the thread that started it, even in a process killed before it could
+        // drop its boards (unshare execs QEMU, which keeps the parent-death signal).
+        // SAFETY: only an async-signal-safe prctl runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .spawn()
             .context("starting unshare --net qemu-system-xtensa (is util-linux installed, and are you allowed to create network namespaces?)")?;
         let stdout = child.stdout.take().expect("piped");

@@ -46,6 +46,25 @@ pub(super) struct FlashWrite {
     pub(super) inflater: Option<Decompress>,
 }
 
+impl FlashWrite {
+    /// A write of `size` bytes at `offset` from a `*_BEGIN` payload (`size, blocks,
+    /// block_size, offset`); `erase` is the stub's just-in-time erase range.
+    pub(super) fn begin(deflate: bool, data: &[u8], erase: (u32, u32)) -> FlashWrite {
+        FlashWrite {
+            deflate,
+            size: le32(data, 0),
+            num_blocks: le32(data, 1),
+            block_size: le32(data, 2),
+            offset: le32(data, 3),
+            next_seq: 0,
+            written: 0,
+            erased_until: erase.0,
+            erase_end: erase.1,
+            inflater: deflate.then(|| Decompress::new(true)),
+        }
+    }
+}
+
 pub(super) enum InflateError {
     Inflate,
     TooMuch,

@@ -535,6 +535,8 @@ impl VirtualChip {
                 sectors_erased: (self.stats.flash_bytes_erased - s.flash_bytes_erased)
                     .div_ceil(u64::from(super::flash::SECTOR_SIZE)),
                 bytes_programmed: self.stats.flash_bytes_with_data - s.flash_bytes_with_data,
+                bytes_erased_pages: (self.stats.flash_bytes_programmed - s.flash_bytes_programmed)
+                    .saturating_sub(self.stats.flash_bytes_with_data - s.flash_bytes_with_data),
                 bytes_hashed: self.stats.flash_bytes_hashed - s.flash_bytes_hashed,
             };
             out.insert(at.min(out.len()), Output::Pause(t.cost(&work)));

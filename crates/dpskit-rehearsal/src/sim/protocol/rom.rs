@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use flate2::Decompress;
-
 use super::hw::{reg, FlashWrite, InflateError, ROM_READ_FN_DEFAULT};
 use super::{align_up, le32, op, DataError, Loader, Output, Reply, VirtualChip};
 use crate::sim::flash::SECTOR_SIZE;
@@ -144,8 +142,7 @@ impl VirtualChip {
     }
 
     pub(super) fn rom_flash_begin(&mut self, deflate: bool, data: &[u8]) -> Reply {
-        let (size, num_blocks, block_size, offset) =
-            (le32(data, 0), le32(data, 1), le32(data, 2), le32(data, 3));
+        let (size, offset) = (le32(data, 0), le32(data, 3));
         self.write = None;
         if size > 0 {
             if offset % SECTOR_SIZE != 0 {
@@ -165,18 +162,7 @@ impl VirtualChip {
             }
             self.stats.flash_bytes_erased += end - u64::from(offset);
         }
-        self.write = Some(FlashWrite {
-            deflate,
-            offset,
-            size,
-            num_blocks,
-            block_size,
-            next_seq: 0,
-            written: 0,
-            erased_until: 0,
-            erase_end: 0,
-            inflater: deflate.then(|| Decompress::new(true)),
-        });
+        self.write = Some(FlashWrite::begin(deflate, data, (0, 0)));
         Ok((0, Vec::new()))
     }
 

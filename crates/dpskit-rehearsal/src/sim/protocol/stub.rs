@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use flate2::Decompress;
 use md5::{Digest, Md5};
 
 use super::hw::{FlashWrite, InflateError};
@@ -235,26 +234,18 @@ impl VirtualChip {
     }
 
     pub(super) fn stub_flash_begin(&mut self, deflate: bool, data: &[u8]) -> Reply {
-        let (size, num_blocks, block_size, offset) =
-            (le32(data, 0), le32(data, 1), le32(data, 2), le32(data, 3));
+        let (size, offset) = (le32(data, 0), le32(data, 3));
         let erase_start = align_down(offset, SECTOR_SIZE);
         let erase_end = align_up(u64::from(offset) + u64::from(size), SECTOR_SIZE.into());
         if size > 0 && erase_end > u64::from(self.flash.size()) {
             self.write = None;
             return Err(stub_err::FAILED_SPI_OP);
         }
-        self.write = Some(FlashWrite {
+        self.write = Some(FlashWrite::begin(
             deflate,
-            offset,
-            size,
-            num_blocks,
-            block_size,
-            next_seq: 0,
-            written: 0,
-            erased_until: erase_start,
-            erase_end: erase_end as u32,
-            inflater: deflate.then(|| Decompress::new(true)),
-        });
+            data,
+            (erase_start, erase_end as u32),
+        ));
         Ok((0, Vec::new()))
     }
 

@@ -24,8 +24,10 @@ pub struct RomTiming {
     pub read_slow: Duration,
     /// Erasing one 4 KiB sector (`FLASH_BEGIN`: the ROM erases the region up front).
     pub erase_per_sector: Duration,
-    /// Programming 1 KiB that is not erased flash (the ROM skips pages of 0xFF).
+    /// Programming 1 KiB that is not erased flash.
     pub program_per_kib: Duration,
+    /// 1 KiB of 0xFF pages in the data: inflated and checked, but not programmed.
+    pub erased_per_kib: Duration,
     /// `SPI_FLASH_MD5` per KiB hashed.
     pub md5_per_kib: Duration,
 }
@@ -41,6 +43,7 @@ impl RomTiming {
             read_slow: Duration::from_micros(4_500),
             erase_per_sector: Duration::from_micros(1_300),
             program_per_kib: Duration::from_micros(30_000),
+            erased_per_kib: Duration::from_micros(350),
             md5_per_kib: Duration::from_micros(1_000),
         }
     }
@@ -54,6 +57,8 @@ pub struct Work {
     pub read_slow: bool,
     pub sectors_erased: u64,
     pub bytes_programmed: u64,
+    /// Bytes of the write that were whole pages of 0xFF.
+    pub bytes_erased_pages: u64,
     pub bytes_hashed: u64,
 }
 
@@ -73,6 +78,7 @@ impl RomTiming {
         }
         t += self.erase_per_sector * (w.sectors_erased.min(u64::from(u32::MAX)) as u32);
         t += per_kib(self.program_per_kib, w.bytes_programmed);
+        t += per_kib(self.erased_per_kib, w.bytes_erased_pages);
         t += per_kib(self.md5_per_kib, w.bytes_hashed);
         t
     }
@@ -91,6 +97,7 @@ mod tests {
             read_slow: Duration::from_millis(2),
             erase_per_sector: Duration::from_millis(10),
             program_per_kib: Duration::from_millis(4),
+            erased_per_kib: Duration::from_millis(2),
             md5_per_kib: Duration::from_millis(1),
         };
         assert_eq!(t.cost(&Work::default()), Duration::from_millis(1));
@@ -100,9 +107,10 @@ mod tests {
             read_slow: true,
             sectors_erased: 6,
             bytes_programmed: 2048,
+            bytes_erased_pages: 1024,
             bytes_hashed: 512,
         };
-        // 1 + 1 + 2 + 60 + 8 + 0.5 ms
-        assert_eq!(t.cost(&w), Duration::from_micros(72_500));
+        // 1 + 1 + 2 + 60 + 8 + 2 + 0.5 ms
+        assert_eq!(t.cost(&w), Duration::from_micros(74_500));
     }
 }
