@@ -513,3 +513,29 @@ fn octal_flash_boards_want_dout_images_sized_for_their_flash() {
         "{text}"
     );
 }
+
+#[test]
+fn a_board_in_secure_download_mode_is_refused_with_the_reason() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0009");
+    let b = board(
+        EfuseProfile {
+            security: dpskit_rehearsal::sim::Security {
+                secure_download: true,
+                ..Default::default()
+            },
+            ..EfuseProfile::default()
+        },
+        Layout::Factory,
+    );
+    for cmd in ["inspect", "write-config"] {
+        let mut c = dpskit();
+        c.arg(cmd).args(on(&b));
+        if cmd == "write-config" {
+            c.arg("--image").arg(&image);
+        }
+        c.assert()
+            .code(2)
+            .stderr(predicate::str::contains("secure download mode"));
+    }
+}

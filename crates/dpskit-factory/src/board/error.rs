@@ -79,6 +79,8 @@ pub enum BoardError {
     },
     #[error("{port}: connecting failed: {detail}")]
     Connect { port: String, detail: String },
+    #[error("{port}: the board is in secure download mode (eFuse ENABLE_SECURITY_DOWNLOAD): its ROM refuses flash reads and register access, so dpskit cannot read the flash ID or the partition table; provision such boards before that eFuse is burned")]
+    SecureDownloadMode { port: String },
     #[error(transparent)]
     Partition(#[from] PartitionError),
     #[error("{what} at {offset:#x}: {len:#x} bytes would end past the {flash_size:#x}-byte flash; the partition table does not fit this board")]

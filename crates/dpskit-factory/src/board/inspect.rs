@@ -119,6 +119,10 @@ pub struct Expectations {
 /// Reads everything (never writes) and judges it.
 pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardReport, BoardError> {
     let port = link.port().to_string();
+    if link.flasher().secure_download_mode() {
+        // Its ROM refuses eFuse and flash reads: nothing here could be answered.
+        return Err(BoardError::SecureDownloadMode { port });
+    }
     let info = link
         .flasher()
         .device_info()

@@ -186,7 +186,7 @@ impl BoardLink {
         // learn the chip's state (no second SYNC); the flash is attached here. For the stub it
         // syncs once more (at the fast rate) and uploads the stub.
         let serial = conn.into_serial();
-        let mut link = if opts.use_stub {
+        let link = if opts.use_stub {
             let conn = Connection::new(serial, info, after, ResetBeforeOperation::NoReset, baud);
             let flasher = Flasher::connect(conn, true, true, false, Some(chip), opts.baud)
                 .map_err(connect_err)?;
@@ -219,9 +219,6 @@ impl BoardLink {
             }
             link
         };
-        if link.flasher.secure_download_mode() {
-            link.flash_size = None;
-        }
         Ok(link)
     }
 
@@ -262,6 +259,11 @@ impl BoardLink {
     pub fn flash_size(&mut self) -> Result<u32> {
         if let Some(s) = self.flash_size {
             return Ok(s);
+        }
+        if self.flasher.secure_download_mode() {
+            return Err(BoardError::SecureDownloadMode {
+                port: self.port.clone(),
+            });
         }
         let size = self
             .flasher
