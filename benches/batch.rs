@@ -8,15 +8,15 @@
 //! overlaps. With `paced` each board's line runs at its baud rate (115200, then the station's
 //! 921600), as a real UART does, so a board's time is mostly the line's, as on a real bench.
 
+mod common {
+    pub mod station;
+}
+
 use dpskit_factory::station::provision::{run_batch, Outcome, RunOptions};
-use dpskit_factory::station::Station;
 use dpskit_rehearsal::sim::{SimBoardConfig, VirtualBoard};
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-const GROUP_KEY: &str =
-    "6p7c62kKPwxAl8Roba6V0AV+u8WtUbIHz7i6XZJm899K1LoWVDkcqFXJ3IafdQRnBpdazaBDoggKr/TO+YFMqA==";
 const ROUNDS: usize = 3;
 
 struct Sample {
@@ -33,9 +33,6 @@ struct Sample {
 
 fn one_batch(n: usize, stub: bool, paced: bool, parallel: Option<usize>) -> Sample {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("group.key");
-    std::fs::write(&key, GROUP_KEY).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let flash = dir.path().join("flash");
     std::fs::create_dir(&flash).unwrap();
     let template = SimBoardConfig {
@@ -49,40 +46,7 @@ fn one_batch(n: usize, stub: bool, paced: bool, parallel: Option<usize>) -> Samp
         .iter()
         .map(|b| b.pty_path().display().to_string())
         .collect();
-    let station = r#"
-[station]
-name = "bench"
-[dps]
-id_scope = "0ne0000ABCD"
-[group_key]
-file = "group.key"
-[ids]
-template = "{prefix}-{seq:05}"
-prefix = "sensor"
-[gates]
-chip = "esp32s3"
-min_psram_mb = 2
-min_flash_mb = 4
-firmware_project = "dpskit-firmware"
-min_firmware_version = "0.1.0"
-[serial]
-before = "no-reset"
-after = "no-reset"
-stub = true
-"#;
-    let path = dir.path().join("station.toml");
-    let mut station = station.replace(
-        "stub = true",
-        if stub { "stub = true" } else { "stub = false" },
-    );
-    if paced {
-        station = station.replace("[serial]\n", "[serial]\nbaud = 921600\n");
-    }
-    if let Some(p) = parallel {
-        station += &format!("[ports]\nparallel = {p}\n");
-    }
-    std::fs::write(&path, station).unwrap();
-    let st = Station::load(&path).unwrap();
+    let st = common::station::bench_station(dir.path(), stub, paced.then_some(921_600), parallel);
     let stop = AtomicBool::new(false);
     let (start, cpu0) = (Instant::now(), cpu_time());
     let report = run_batch(&st, &ports, RunOptions::default(), &stop).unwrap();

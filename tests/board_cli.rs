@@ -4,6 +4,7 @@
 #![cfg(unix)]
 
 use assert_cmd::Command;
+use dpskit_rehearsal::sim::protocol::op;
 use dpskit_rehearsal::sim::{
     ChipKind, EfuseProfile, Faults, Layout, PsramSize, PsramVendor, SimBoardConfig, VirtualBoard,
 };
@@ -59,6 +60,16 @@ fn inspect_json(b: &VirtualBoard, extra: &[&str]) -> (Value, i32) {
         )
     });
     (v, out.status.code().unwrap())
+}
+
+/// `dpskit write-config --image IMAGE` against `board`.
+fn write_image(board: &VirtualBoard, image: &Path) -> assert_cmd::assert::Assert {
+    dpskit()
+        .arg("write-config")
+        .args(on(board))
+        .arg("--image")
+        .arg(image)
+        .assert()
 }
 
 fn build_image(dir: &Path, id: &str) -> std::path::PathBuf {
@@ -344,12 +355,7 @@ fn unsuitable_config_partitions_are_refused_and_nothing_is_written() {
     ] {
         let b = board_with_table(csv);
         let before = b.read_flash(0, b.flash_size()).unwrap();
-        dpskit()
-            .arg("write-config")
-            .args(on(&b))
-            .arg("--image")
-            .arg(&image)
-            .assert()
+        write_image(&b, &image)
             .code(2)
             .stderr(predicate::str::contains(expect));
         assert!(b.read_flash(0, b.flash_size()).unwrap() == before, "flash changed for {expect}");
@@ -361,22 +367,17 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
     let dir = TempDir::new().unwrap();
     let image = build_image(dir.path(), "sn-0006");
     let b = VirtualBoard::spawn(SimBoardConfig::default()).unwrap();
-    // Let connect, detection and the table read through, then cut the line during the write.
+    // Let connect, detection, the table read and the erase through, then cut the line during
+    // the write's data. The environment failed, not the input: exit 3, and the state said.
     b.inject(Faults {
-        drop_after_bytes: Some(12_000),
+        drop_at_command: Some(op::FLASH_DEFL_DATA),
         ..Faults::default()
     });
-    dpskit()
-        .arg("write-config")
-        .args(on(&b))
-        .args(["--image"])
-        .arg(&image)
-        .assert()
-        .failure()
-        .stderr(
-            predicate::str::contains("NOT provisioned")
-                .or(predicate::str::contains("stopped answering")),
-        );
+    write_image(&b, &image)
+        .code(3)
+        .stderr(predicate::str::contains("NOT provisioned"))
+        .stderr(predicate::str::contains("dropped while writing"))
+        .stderr(predicate::str::contains("erased and may be partly written"));
     let corrupt = VirtualBoard::spawn(SimBoardConfig {
         faults: Faults {
             corrupt_md5: true,
@@ -385,12 +386,7 @@ fn line_dropped_mid_write_is_a_failure_not_a_maybe() {
         ..SimBoardConfig::default()
     })
     .unwrap();
-    dpskit()
-        .arg("write-config")
-        .args(on(&corrupt))
-        .args(["--image"])
-        .arg(&image)
-        .assert()
+    write_image(&corrupt, &image)
         .failure()
         .stderr(predicate::str::contains("NOT provisioned"));
 }
@@ -418,4 +414,128 @@ fn a_port_held_by_another_program_is_reported_busy() {
         0,
         "nothing may reach a board whose port is busy"
     );
+}
+
+#[test]
+fn a_table_past_4_gib_or_past_the_flash_is_refused_before_anything_is_allocated() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0008");
+    // (offset, size) written into dps_cfg's table entry: wraps a u32; inside 4 GiB but past
+    // the 4 MB flash (a size the host must never allocate because a board said so).
+    for ((offset, size), expect) in [
+        ((0xFFFF_F000u32, 0x6000u32), "4 GiB"),
+        ((0x40_0000, 0xF000_0000), "4 MB flash"),
+    ] {
+        let b = board(EfuseProfile::default(), Layout::Factory);
+        let mut table = b.read_flash(0x8000, 0x1000).unwrap();
+        let entry = table
+            .chunks_exact(32)
+            .position(|e| e[12..19] == *b"dps_cfg")
+            .unwrap();
+        table[entry * 32 + 4..][..4].copy_from_slice(&offset.to_le_bytes());
+        table[entry * 32 + 8..][..4].copy_from_slice(&size.to_le_bytes());
+        // Drop the MD5 line: the bad entry must be caught by dpskit's own checks.
+        let md5_line = table
+            .chunks_exact(32)
+            .position(|e| e[..2] == [0xEB, 0xEB])
+            .unwrap();
+        table[md5_line * 32..][..32].fill(0xFF);
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(b.flash_path())
+            .unwrap()
+            .write_all_at(&table, 0x8000)
+            .unwrap();
+        let before = b.read_flash(0, b.flash_size()).unwrap();
+        write_image(&b, &image)
+            .code(2)
+            .stderr(predicate::str::contains("partition table"))
+            .stderr(predicate::str::contains(expect));
+        assert!(b.read_flash(0, b.flash_size()).unwrap() == before);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (v, code) = inspect_json(&b, &[]);
+        assert_eq!(code, 1, "{v}");
+        assert!(
+            v["partitions"]["Err"].as_str().unwrap().contains(expect),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn octal_flash_boards_want_dout_images_sized_for_their_flash() {
+    // An N32R16V as ESP-IDF builds for it: dout, 32 MB in the header. No warning.
+    let good = VirtualBoard::spawn(SimBoardConfig::n32r16v()).unwrap();
+    let (v, code) = inspect_json(&good, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["embedded"]["flash_type"], "octal");
+    assert_eq!(v["embedded"]["psram_mb"], 16);
+    assert_eq!(v["embedded"]["psram_vendor"], "AP_1v8");
+    assert_eq!(v["flash_mb"], 32);
+    assert_eq!(v["app"]["header"]["flash_mode"], "dout");
+    assert_eq!(v["app"]["header"]["flash_size_mb"], 32);
+    let verdicts = v["verdicts"].to_string();
+    assert!(!verdicts.contains("image header"), "{verdicts}");
+
+    // The same module running a firmware built for a 4 MB quad-flash devkit.
+    let wrong = VirtualBoard::spawn(SimBoardConfig {
+        app_flash_mode: Some(dpskit_rehearsal::sim::ImageFlashMode::Dio),
+        app_flash_size: Some(4 << 20),
+        ..SimBoardConfig::n32r16v()
+    })
+    .unwrap();
+    let (v, code) = inspect_json(&wrong, &[]);
+    assert_eq!(code, 0, "warnings, not failures: {v}");
+    let warns: Vec<String> = v["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["level"] == "warn")
+        .map(|x| x["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warns
+            .iter()
+            .any(|w| w.contains("flash mode dio") && w.contains("octal") && w.contains("dout")),
+        "{warns:?}"
+    );
+    assert!(
+        warns
+            .iter()
+            .any(|w| w.contains("built for 4 MB") && w.contains("reports 32 MB")),
+        "{warns:?}"
+    );
+    let text = dpskit().arg("inspect").args(on(&wrong)).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("image header: flash mode dio, 4 MB"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_board_in_secure_download_mode_is_refused_with_the_reason() {
+    let dir = TempDir::new().unwrap();
+    let image = build_image(dir.path(), "sn-0009");
+    let b = board(
+        EfuseProfile {
+            security: dpskit_rehearsal::sim::Security {
+                secure_download: true,
+                ..Default::default()
+            },
+            ..EfuseProfile::default()
+        },
+        Layout::Factory,
+    );
+    for cmd in ["inspect", "write-config"] {
+        let mut c = dpskit();
+        c.arg(cmd).args(on(&b));
+        if cmd == "write-config" {
+            c.arg("--image").arg(&image);
+        }
+        c.assert()
+            .code(2)
+            .stderr(predicate::str::contains("secure download mode"));
+    }
 }

@@ -26,10 +26,9 @@ pub struct PortArgs {
     /// What to do when done.
     #[arg(long, value_enum, default_value = "hard-reset")]
     pub after: After,
-    /// Upload espflash's flasher stub first. Off by default: for a 24 KB config on a UART
-    /// bridge the ROM loader is faster (0.56 s vs 1.43 s per board at 921600 baud; see
-    /// `cargo bench --bench write_config`), since uploading the stub at 115200 baud costs more
-    /// than its compressed writes save.
+    /// Upload espflash's flasher stub first. Off by default: for a 24 KB config the ROM
+    /// loader, which writes compressed too, is faster (see `cargo bench --bench cold_board`),
+    /// since the stub must be uploaded at 115200 baud.
     #[arg(long)]
     pub stub: bool,
     /// Partition table offset (CONFIG_PARTITION_TABLE_OFFSET).
@@ -218,6 +217,15 @@ pub fn render(r: &BoardReport) -> String {
     }
     if let Some(app) = &r.app {
         let _ = writeln!(s, "\nFirmware ({} at {:#x}):", app.partition, app.offset);
+        if let Some(h) = &app.header {
+            let mb = h.flash_size_mb.map_or("?".into(), |m| format!("{m} MB"));
+            let mhz = h.flash_freq_mhz.map_or("?".into(), |m| format!("{m} MHz"));
+            let _ = writeln!(
+                s,
+                "  image header: flash mode {}, {mb}, {mhz}",
+                h.flash_mode
+            );
+        }
         match &app.descriptor {
             Ok(d) => {
                 let _ = writeln!(s, "  project {}  version {}", d.project_name, d.version);

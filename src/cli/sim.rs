@@ -15,8 +15,8 @@ use dpskit_rehearsal::sim::efuse::{format_mac, parse_mac};
 use dpskit_rehearsal::sim::protocol::op;
 use dpskit_rehearsal::sim::{
     spawn_batch, AppDescriptor, ChipKind, CorruptReply, EfuseProfile, EmbeddedFlash, Faults,
-    FlashVendor, Layout, PsramSize, PsramVendor, ResetBehaviour, Revision, Security,
-    SimBoardConfig,
+    FlashVendor, ImageFlashMode, Layout, PsramSize, PsramVendor, ResetBehaviour, Revision,
+    Security, SimBoardConfig,
 };
 
 /// Start virtual ESP32-S3 boards (ROM download mode on pseudo-terminals).
@@ -66,6 +66,11 @@ pub struct SimArgs {
     /// Octal SPI flash (eFuse FLASH_TYPE).
     #[arg(long)]
     pub octal_flash: bool,
+    /// An ESP32-S3 N32R16V module (the board dpskit's firmware is built for): 32 MB octal
+    /// flash, 16 MB octal PSRAM (AP_1v8). Overrides --psram, --psram-vendor, --flash-size and
+    /// --octal-flash.
+    #[arg(long)]
+    pub n32r16v: bool,
     /// Report secure boot enabled (GET_SECURITY_INFO and eFuses).
     #[arg(long)]
     pub secure_boot: bool,
@@ -103,6 +108,10 @@ pub struct SimArgs {
     /// esp_app_desc_t.secure_version.
     #[arg(long, default_value_t = 0)]
     pub app_secure_version: u32,
+    /// Flash mode in the app's image header: qio, qout, dio, dout (default: dout on octal
+    /// flash, dio otherwise — what ESP-IDF builds).
+    #[arg(long)]
+    pub app_flash_mode: Option<ImageFlashMode>,
 
     /// After the ROM leaves the loader (FLASH_END), return to download mode after this many
     /// milliseconds (the jig resets the board with BOOT held).
@@ -117,6 +126,10 @@ pub struct SimArgs {
     /// Pace the line at the current baud rate, as a real UART is (default: CPU speed).
     #[arg(long)]
     pub line_rate: bool,
+    /// Answer each command as late as the real ESP32-S3 ROM does (measured in Espressif's
+    /// emulator); implies --line-rate.
+    #[arg(long)]
+    pub rom_timing: bool,
 
     /// Fault: close the line after this many bytes from the host.
     #[arg(long)]
@@ -127,6 +140,9 @@ pub struct SimArgs {
     /// Fault: stop answering at this command (name like FLASH_DATA or number like 0x03).
     #[arg(long, value_parser = op::parse)]
     pub stall_at_command: Option<u8>,
+    /// Fault: drop the line when this command arrives (name like FLASH_DEFL_DATA or number).
+    #[arg(long, value_parser = op::parse)]
+    pub drop_at_command: Option<u8>,
     /// Fault: corrupt reply N (1-based), optionally at byte OFFSET: N[:OFFSET] (default 4).
     #[arg(long, value_parser = parse_corrupt_reply)]
     pub corrupt_reply: Option<CorruptReply>,
@@ -219,7 +235,10 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
             date: a.app_date.clone(),
             time: a.app_time.clone(),
             secure_version: a.app_secure_version,
+            chip_id: dpskit_rehearsal::sim::image::IMAGE_CHIP_ID_ESP32S3,
         },
+        app_flash_mode: a.app_flash_mode,
+        app_flash_size: None,
         flash_file: None,
         keep_existing_image: a.keep_images,
         reset: ResetBehaviour {
@@ -231,10 +250,29 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
             drop_after_bytes: a.drop_after_bytes,
             stall_after_commands: a.stall_after_commands,
             stall_at_command: a.stall_at_command,
+            drop_at_command: a.drop_at_command,
             corrupt_reply: a.corrupt_reply,
             corrupt_md5: a.corrupt_md5,
         },
-        line_rate: a.line_rate,
+        line_rate: a.line_rate || a.rom_timing,
+        timing: a
+            .rom_timing
+            .then(dpskit_rehearsal::sim::protocol::RomTiming::esp32s3_rom_in_qemu),
+    };
+    let config = if a.n32r16v {
+        let module = SimBoardConfig::n32r16v();
+        SimBoardConfig {
+            profile: EfuseProfile {
+                psram: module.profile.psram,
+                psram_vendor: module.profile.psram_vendor,
+                octal_flash: true,
+                ..config.profile
+            },
+            jedec_id: module.jedec_id,
+            ..config
+        }
+    } else {
+        config
     };
     // Fail on a bad table or flash size before creating anything.
     dpskit_rehearsal::sim::image::build_flash_image(&dpskit_rehearsal::sim::image::ImageSpec {
@@ -242,6 +280,7 @@ pub fn template(a: &SimArgs) -> Result<SimBoardConfig> {
         partitions_csv: config.partitions_csv.clone(),
         layout: config.layout,
         app: config.app.clone(),
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e:#}").context("--partitions/--layout/--flash-size"))?;
     Ok(config)

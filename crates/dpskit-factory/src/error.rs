@@ -1,4 +1,5 @@
-//! How failures leave the process: bad input exits 2, a check that ran and failed exits 1.
+//! How failures leave the process: a check that ran and failed exits 1, bad input exits 2,
+//! an environment that failed (a port that vanished mid-write) exits 3.
 
 use std::fmt;
 
@@ -15,10 +16,31 @@ impl fmt::Display for CheckFailed {
 
 impl std::error::Error for CheckFailed {}
 
+/// The environment failed, not the input: the serial line dropped, a device went away.
+/// Exit code 3. The message says what state things were left in.
+#[derive(Debug)]
+pub struct EnvironmentFailed(pub String);
+
+impl fmt::Display for EnvironmentFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EnvironmentFailed {}
+
 /// The exit code for an error returned by a command.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<CheckFailed>().is_some() {
-        1
+        return 1;
+    }
+    let environment = err.chain().any(|e| {
+        e.downcast_ref::<EnvironmentFailed>().is_some()
+            || e.downcast_ref::<crate::board::BoardError>()
+                .is_some_and(|b| b.environment_failed())
+    });
+    if environment {
+        3
     } else {
         2
     }

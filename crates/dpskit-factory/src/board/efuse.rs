@@ -1,100 +1,91 @@
-//! ESP32-S3 eFuse fields that say what memory is *in the package*: embedded PSRAM and flash.
-//!
-//! espflash's S3 feature string says "Embedded Flash" on every chip and never gives sizes, so
-//! dpskit decodes the fields itself, the way esptool does (`esptool/targets/esp32s3.py`).
+//! ESP32-S3 eFuse fields that say what memory is *in the package*: embedded PSRAM and flash,
+//! and whether the flash is octal. espflash's S3 feature string says "Embedded Flash" on every
+//! chip and never gives sizes, so dpskit reads the fields itself; the decoding is
+//! [`dpskit_core::chip::S3Memory`]'s, the same code the firmware runs at boot.
 
+use dpskit_core::chip::{FlashBus, PsramBus, S3Memory, S3MemoryFields};
+use espflash::connection::Connection;
+use espflash::target::efuse::{esp32s3, EfuseField};
+use espflash::target::Chip;
 use serde::Serialize;
+use std::collections::HashMap;
 
-/// Embedded memory decoded from eFuse BLOCK1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EmbeddedMemory {
-    /// PSRAM size in MB (0 = none), from PSRAM_CAP (bits 131..132) and PSRAM_CAP_3 (bit 179).
-    pub psram_mb: u32,
-    pub psram_vendor: Option<&'static str>,
-    /// Flash size in MB (0 = none in package; external flash is measured by JEDEC ID).
-    pub flash_mb: u32,
-    pub flash_vendor: Option<&'static str>,
-    pub package: &'static str,
-    /// Raw capacity codes that no known package uses (shown as "unknown" rather than guessed).
-    pub unknown_codes: Vec<String>,
+/// Embedded memory as `inspect` reports it (the JSON shape is the report's, the meaning is
+/// [`S3Memory`]'s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedMemory(pub S3Memory);
+
+impl std::ops::Deref for EmbeddedMemory {
+    type Target = S3Memory;
+    fn deref(&self) -> &S3Memory {
+        &self.0
+    }
 }
 
-impl EmbeddedMemory {
-    /// Decodes the raw field values as read with espflash's `esp32s3` eFuse constants.
-    pub fn decode(
-        psram_cap_lo: u32,
-        psram_cap_hi: u32,
-        psram_vendor: u32,
-        flash_cap: u32,
-        flash_vendor: u32,
-        pkg: u32,
-    ) -> Self {
-        let mut unknown = Vec::new();
-        let psram_code = (psram_cap_hi & 1) << 2 | (psram_cap_lo & 3);
-        let psram_mb = match psram_code {
-            0 => 0,
-            1 => 8,
-            2 => 2,
-            3 => 16,
-            4 => 4,
-            other => {
-                unknown.push(format!("PSRAM_CAP={other}"));
-                0
-            }
-        };
-        let flash_mb = match flash_cap {
-            0 => 0,
-            1 => 8,
-            2 => 4,
-            other => {
-                unknown.push(format!("FLASH_CAP={other}"));
-                0
-            }
-        };
-        EmbeddedMemory {
-            psram_mb,
-            psram_vendor: match psram_vendor {
-                1 => Some("AP_3v3"),
-                2 => Some("AP_1v8"),
-                _ => None,
-            },
-            flash_mb,
-            flash_vendor: match flash_vendor {
-                1 => Some("XMC"),
-                2 => Some("GD"),
-                3 => Some("FM"),
-                4 => Some("TT"),
-                5 => Some("BY"),
-                _ => None,
-            },
-            package: match pkg {
-                0 => "ESP32-S3 (QFN56)",
-                1 => "ESP32-S3-PICO-1 (LGA56)",
-                _ => "ESP32-S3 (unknown package)",
-            },
-            unknown_codes: unknown,
+impl Serialize for EmbeddedMemory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Report<'a> {
+            psram_mb: u32,
+            psram_vendor: Option<&'static str>,
+            psram_bus: Option<&'static str>,
+            flash_mb: u32,
+            flash_vendor: Option<&'static str>,
+            flash_type: &'static str,
+            package: &'static str,
+            unknown_codes: &'a [String],
         }
+        let m = &self.0;
+        Report {
+            psram_mb: m.psram_mb,
+            psram_vendor: m.psram_vendor,
+            psram_bus: m.psram_bus.map(|b| match b {
+                PsramBus::Quad => "quad",
+                PsramBus::Octal => "octal",
+            }),
+            flash_mb: m.flash_mb,
+            flash_vendor: m.flash_vendor,
+            flash_type: match m.flash_bus {
+                FlashBus::Quad => "quad",
+                FlashBus::Octal => "octal",
+            },
+            package: m.package,
+            unknown_codes: &m.unknown_codes,
+        }
+        .serialize(s)
     }
+}
 
-    /// The words esptool prints, e.g. `Embedded PSRAM 8MB (AP_3v3)`.
-    pub fn features(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.flash_mb > 0 {
-            out.push(format!(
-                "Embedded Flash {}MB ({})",
-                self.flash_mb,
-                self.flash_vendor.unwrap_or("unknown vendor")
-            ));
-        }
-        if self.psram_mb > 0 {
-            out.push(format!(
-                "Embedded PSRAM {}MB ({})",
-                self.psram_mb,
-                self.psram_vendor.unwrap_or("unknown vendor")
-            ));
-        }
-        out
-    }
+/// Reads the memory fields, one `READ_REG` per eFuse word they live in (four words hold all
+/// seven fields) rather than one per field.
+pub fn read_s3_memory(connection: &mut Connection) -> Result<EmbeddedMemory, espflash::Error> {
+    let mut words: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut field = |f: EfuseField| -> Result<u32, espflash::Error> {
+        let word = f.bit_start / 32;
+        let value = match words.get(&(f.block, word)) {
+            Some(v) => *v,
+            None => {
+                let v = Chip::Esp32s3.read_efuse_raw(connection, f.block, word)?;
+                words.insert((f.block, word), v);
+                v
+            }
+        };
+        let shifted = value >> (f.bit_start % 32);
+        Ok(if f.bit_count >= 32 {
+            shifted
+        } else {
+            shifted & ((1 << f.bit_count) - 1)
+        })
+    };
+    Ok(EmbeddedMemory(S3Memory::decode(S3MemoryFields {
+        psram_cap: field(esp32s3::PSRAM_CAP)?,
+        psram_cap_3: field(esp32s3::PSRAM_CAP_3)?,
+        psram_vendor: field(esp32s3::PSRAM_VENDOR)?,
+        flash_cap: field(esp32s3::FLASH_CAP)?,
+        flash_vendor: field(esp32s3::FLASH_VENDOR)?,
+        flash_type: field(esp32s3::FLASH_TYPE)?,
+        pkg_version: field(esp32s3::PKG_VERSION)?,
+    })))
 }
 
 #[cfg(test)]
@@ -102,19 +93,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_like_esptool() {
-        let m = EmbeddedMemory::decode(1, 0, 1, 0, 0, 0);
-        assert_eq!(m.features(), ["Embedded PSRAM 8MB (AP_3v3)"]);
-        assert_eq!(EmbeddedMemory::decode(3, 0, 2, 0, 0, 0).psram_mb, 16);
-        assert_eq!(EmbeddedMemory::decode(2, 0, 1, 0, 0, 0).psram_mb, 2);
-        assert_eq!(EmbeddedMemory::decode(0, 1, 1, 0, 0, 0).psram_mb, 4);
-        let none = EmbeddedMemory::decode(0, 0, 0, 1, 2, 1);
-        assert_eq!(none.psram_mb, 0);
-        assert_eq!(none.features(), ["Embedded Flash 8MB (GD)"]);
-        assert_eq!(none.package, "ESP32-S3-PICO-1 (LGA56)");
-        assert_eq!(
-            EmbeddedMemory::decode(1, 1, 1, 3, 0, 0).unknown_codes.len(),
-            2
-        );
+    fn every_field_sits_inside_one_word() {
+        for f in [
+            esp32s3::PSRAM_CAP,
+            esp32s3::PSRAM_CAP_3,
+            esp32s3::PSRAM_VENDOR,
+            esp32s3::FLASH_CAP,
+            esp32s3::FLASH_VENDOR,
+            esp32s3::FLASH_TYPE,
+            esp32s3::PKG_VERSION,
+        ] {
+            assert_eq!(
+                f.bit_start / 32,
+                (f.bit_start + f.bit_count - 1) / 32,
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_the_core_decoding_with_the_flash_type() {
+        let m = EmbeddedMemory(S3Memory::decode(S3MemoryFields {
+            psram_cap: 3,
+            psram_vendor: 2,
+            flash_type: 1,
+            ..Default::default()
+        }));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["psram_mb"], 16);
+        assert_eq!(v["psram_vendor"], "AP_1v8");
+        assert_eq!(v["psram_bus"], "octal");
+        assert_eq!(v["flash_type"], "octal");
+        assert_eq!(m.features(), ["Embedded PSRAM 16MB (AP_1v8)"]);
     }
 }

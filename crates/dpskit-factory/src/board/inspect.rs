@@ -1,12 +1,12 @@
 //! "What is on this board, and is it ready for Azure?" — one read-only pass over a board.
 
-use super::app::{self, AppDescriptor};
-use super::efuse::EmbeddedMemory;
+use super::app::{self, AppDescriptor, ImageHeader};
+use super::efuse::{self, EmbeddedMemory};
+use super::error::BoardError;
 use super::link::BoardLink;
 use super::partition;
 use crate::blob::{nvs, roots};
-use anyhow::Result;
-use espflash::target::efuse::esp32s3;
+use dpskit_core::chip::FlashBus;
 use espflash::target::Chip;
 use md5::{Digest, Md5};
 use serde::Serialize;
@@ -21,6 +21,8 @@ pub struct BoardReport {
     pub mac: Option<String>,
     pub crystal: String,
     pub flash_size: String,
+    /// Flash size in MB from the flash chip's JEDEC ID (what the app image header should say).
+    pub flash_mb: Option<u32>,
     pub features: Vec<String>,
     pub embedded: Option<EmbeddedMemory>,
     pub security: Option<Security>,
@@ -47,6 +49,8 @@ pub struct Security {
 pub struct AppSlot {
     pub partition: String,
     pub offset: u32,
+    /// The SPI flash settings the image header asks for (`None`: no image there).
+    pub header: Option<ImageHeader>,
     pub descriptor: Result<AppDescriptor, String>,
 }
 
@@ -113,12 +117,20 @@ pub struct Expectations {
 }
 
 /// Reads everything (never writes) and judges it.
-pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardReport> {
+pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardReport, BoardError> {
     let port = link.port().to_string();
-    let info = link.flasher().device_info()?;
+    if link.flasher().secure_download_mode() {
+        // Its ROM refuses eFuse and flash reads: nothing here could be answered.
+        return Err(BoardError::SecureDownloadMode { port });
+    }
+    let info = link
+        .flasher()
+        .device_info()
+        .map_err(|e| link_dropped(&port, e))?;
     let chip = info.chip;
+    let flash_mb = link.flash_size().ok().map(|b| b >> 20);
     let mut report = BoardReport {
-        port,
+        port: port.clone(),
         chip: chip.to_string(),
         revision: info.revision.map(|(a, b)| format!("v{a}.{b}")),
         mac: info.mac_address.clone(),
@@ -127,6 +139,7 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| format!("{:?}", info.flash_size)),
+        flash_mb,
         features: info.features.clone(),
         embedded: None,
         security: None,
@@ -138,7 +151,8 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
         verdicts: Vec::new(),
     };
     if chip == Chip::Esp32s3 {
-        let m = read_embedded(link)?;
+        let m = efuse::read_s3_memory(link.flasher().connection())
+            .map_err(|e| link_dropped(&port, e))?;
         report.features.retain(|f| !f.starts_with("Embedded"));
         report.features.extend(m.features());
         report.embedded = Some(m);
@@ -155,8 +169,11 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
             .collect(),
     });
 
-    let table_bytes = link.read_flash(expect.partition_table_offset, partition::TABLE_SIZE)?;
-    match partition::parse(&table_bytes) {
+    let table_bytes = link.read_partition_table(expect.partition_table_offset)?;
+    let flash_size = link.flash_size()?;
+    let parsed = partition::parse(&table_bytes)
+        .and_then(|t| partition::check_fits(&t, flash_size).map(|()| t));
+    match parsed {
         Err(e) => report.partitions = Err(e.to_string()),
         Ok(table) => {
             report.partitions = Ok(partition::rows(&table));
@@ -173,6 +190,7 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
                 report.app = Some(AppSlot {
                     partition: name,
                     offset,
+                    header: app::parse_header(&head),
                     descriptor: app::parse_descriptor(&head),
                 });
             }
@@ -185,9 +203,8 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
                 Ok(p) => {
                     // Ask the board first: an erased partition need not be read at all.
                     let on_board = link.md5(p.offset(), p.size())?;
-                    let erased: [u8; 16] = Md5::digest(vec![0xFFu8; p.size() as usize]).into();
                     report.config_partition_md5 = Some(hex::encode(on_board));
-                    if on_board == erased {
+                    if on_board == erased_md5(p.size()) {
                         ConfigState::Empty {
                             partition: name.clone(),
                         }
@@ -202,18 +219,27 @@ pub fn inspect(link: &mut BoardLink, expect: &Expectations) -> Result<BoardRepor
     Ok(report)
 }
 
-fn read_embedded(link: &mut BoardLink) -> Result<EmbeddedMemory> {
-    let f = link.flasher();
-    let chip = f.chip();
-    let mut field = |fld| chip.read_efuse_le::<u32>(f.connection(), fld);
-    Ok(EmbeddedMemory::decode(
-        field(esp32s3::PSRAM_CAP)?,
-        field(esp32s3::PSRAM_CAP_3)?,
-        field(esp32s3::PSRAM_VENDOR)?,
-        field(esp32s3::FLASH_CAP)?,
-        field(esp32s3::FLASH_VENDOR)?,
-        field(esp32s3::PKG_VERSION)?,
-    ))
+/// The line failed while asking the board about itself.
+fn link_dropped(port: &str, e: espflash::Error) -> BoardError {
+    BoardError::LineDropped {
+        port: port.into(),
+        during: "reading the board's identity",
+        detail: e.to_string(),
+        state: "nothing was written to the board",
+    }
+}
+
+/// MD5 of `len` erased bytes, hashed in pieces (the length comes from the board).
+pub fn erased_md5(len: u32) -> [u8; 16] {
+    let ff = [0xFFu8; 0x1000];
+    let mut h = Md5::new();
+    let mut left = len as usize;
+    while left > 0 {
+        let n = left.min(ff.len());
+        h.update(&ff[..n]);
+        left -= n;
+    }
+    h.finalize().into()
 }
 
 /// Decodes a config partition's bytes into what `inspect` shows.
@@ -311,6 +337,11 @@ fn judge(r: &BoardReport, expect: &Expectations, _now: OffsetDateTime) -> Vec<Ve
                     d.project_name, d.version, d.idf_ver
                 ),
             );
+            if let Some(h) = r.app.as_ref().and_then(|a| a.header) {
+                for w in header_warnings(partition, &h, r) {
+                    say(Level::Warn, w);
+                }
+            }
             if !d.is_for_esp32s3() && r.chip == Chip::Esp32s3.to_string() {
                 say(
                     Level::Fail,
@@ -375,6 +406,30 @@ fn judge(r: &BoardReport, expect: &Expectations, _now: OffsetDateTime) -> Vec<Ve
         None => {}
     }
     v
+}
+
+/// Does the running image's header fit the board? Octal flash needs `dout` in the header
+/// (the ROM switches to octal itself, from the eFuse); the header's flash size should be the
+/// size the flash chip reports, or the app sees less (or more) flash than there is.
+fn header_warnings(partition: &str, h: &ImageHeader, r: &BoardReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(m) = &r.embedded {
+        let wanted = m.flash_bus.image_mode();
+        if m.flash_bus == FlashBus::Octal && h.flash_mode != wanted {
+            out.push(format!(
+                "the firmware in {partition} has flash mode {} in its image header, but this board's flash is octal (eFuse FLASH_TYPE): images for octal flash must say {wanted}; rebuild with CONFIG_ESPTOOLPY_OCT_FLASH=y (or espflash --flash-mode {wanted})",
+                h.flash_mode
+            ));
+        }
+    }
+    if let (Some(header_mb), Some(chip_mb)) = (h.flash_size_mb, r.flash_mb) {
+        if header_mb != chip_mb {
+            out.push(format!(
+                "the firmware in {partition} was built for {header_mb} MB of flash, but the flash chip reports {chip_mb} MB (JEDEC ID); rebuild with CONFIG_ESPTOOLPY_FLASHSIZE_{chip_mb}MB (or espflash --flash-size {chip_mb}mb)"
+            ));
+        }
+    }
+    out
 }
 
 fn key_purpose_name(p: u8) -> &'static str {

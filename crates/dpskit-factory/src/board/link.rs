@@ -1,17 +1,33 @@
 //! A connection to one board's ROM bootloader (or the flasher stub), through espflash.
 //!
 //! espflash does the serial protocol; this adds what dpskit needs on top: errors a factory
-//! engineer can act on, reads into memory (espflash only reads into files), and a write that
-//! never resets implicitly, so "written" and "reset failed" stay two different outcomes.
+//! engineer (and a caller) can act on, reads into memory (espflash only reads into files), a
+//! cold board in as few round trips and bytes as the ROM allows, and a write that never resets
+//! implicitly, so "written" and "reset failed" stay two different outcomes.
+//!
+//! What espflash's `Flasher::connect` cannot do is wrapped around its public `Connection` and
+//! `Command`s, not forked:
+//! - with the ROM loader the baud rate changes right after the first SYNC and chip check, so
+//!   everything after it (eFuses, flash ID, reads, the write) runs at the fast rate;
+//! - with the ROM loader, writes are compressed (`FLASH_DEFL_*`: a 24 KB config image, mostly
+//!   erased flash, is ~2 KB on the wire) and end without `FLASH_END`, so the loader stays in
+//!   download mode as it does with the stub;
+//! - reads are 64-byte `READ_FLASH_SLOW`s (espflash's ROM reader skips data past 128 bytes),
+//!   and a partition table is read only up to its end marker.
 
-use anyhow::{anyhow, bail, Context, Result};
+use super::error::BoardError;
+use super::partition;
 use espflash::command::{Command, CommandType};
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
-use espflash::flasher::Flasher;
+use espflash::flasher::{Flasher, SpiAttachParams, SpiSetParams};
 use espflash::target::{Chip, ProgressCallbacks};
+use flate2::write::ZlibEncoder;
 use md5::{Digest, Md5};
 use serialport::{FlowControl, UsbPortInfo};
+use std::io::Write;
 use std::time::Duration;
+
+type Result<T, E = BoardError> = std::result::Result<T, E>;
 
 /// How to get the chip into (and out of) the bootloader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -77,25 +93,44 @@ pub struct BoardLink {
     use_stub: bool,
     after: After,
     port: String,
+    /// Flash size from the JEDEC ID, once asked.
+    flash_size: Option<u32>,
 }
 
+/// ROM loader write block (`FLASH_WRITE_SIZE` in esptool): compressed data goes in blocks of
+/// this size.
+const ROM_BLOCK: u32 = 0x400;
+/// How often a compressed block the ROM refused is sent again.
+const ROM_BLOCK_RETRIES: u32 = 2;
+/// `READ_FLASH_SLOW` returns at most this much per command.
+const ROM_READ_BLOCK: u32 = 64;
+/// The stub streams reads in packets of this size.
+const STUB_READ_BLOCK: u32 = 0x1000;
+
 impl BoardLink {
-    /// Opens the port, resets into the bootloader as asked, syncs and detects the chip.
+    /// Opens the port, resets into the bootloader as asked, syncs, checks the chip, switches
+    /// to the fast baud rate, and (with `use_stub`) uploads the flasher stub.
     pub fn open(opts: &LinkOptions) -> Result<Self> {
         let port = &opts.port;
         if !super::ports::exists(port) {
-            bail!("--port: {port} does not exist; list serial ports with `dpskit ports`");
+            return Err(BoardError::PortMissing { port: port.clone() });
         }
         let serial = serialport::new(port, 115_200)
             .flow_control(FlowControl::None)
             .timeout(Duration::from_secs(3))
             .open_native()
             .map_err(|e| match e.kind() {
-                serialport::ErrorKind::NoDevice => anyhow!("--port: {port} is busy or gone ({e}); close serial monitors using it"),
+                serialport::ErrorKind::NoDevice => BoardError::PortBusy {
+                    port: port.clone(),
+                    detail: e.to_string(),
+                },
                 serialport::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
-                    anyhow!("--port: no permission to open {port}; add yourself to the 'dialout' group")
+                    BoardError::PortPermission { port: port.clone() }
                 }
-                _ => anyhow!("--port: cannot open {port}: {e}; is another program (a serial monitor) using it?"),
+                _ => BoardError::PortOpen {
+                    port: port.clone(),
+                    detail: e.to_string(),
+                },
             })?;
         let info = usb_info(port);
         let before = match opts.before {
@@ -109,16 +144,103 @@ impl BoardLink {
         } else {
             ResetAfterOperation::NoReset
         };
-        let connection = Connection::new(serial, info, after, before, 115_200);
-        let flasher =
-            Flasher::connect(connection, opts.use_stub, true, false, opts.chip, opts.baud)
-                .map_err(|e| explain_connect_error(port, opts, e))?;
-        Ok(BoardLink {
-            flasher,
-            use_stub: opts.use_stub,
-            after: opts.after,
-            port: port.clone(),
-        })
+        let connect_err = |e| explain_connect_error(port, opts, e);
+
+        // Reset and SYNC (espflash's reset strategies), then the chip: a wrong board is
+        // refused after one more command, before anything else is asked of it.
+        let mut conn = Connection::new(serial, info.clone(), after, before, 115_200);
+        conn.begin().map_err(connect_err)?;
+        let chip = conn.detect_chip(false).map_err(connect_err)?;
+        if let Some(wanted) = opts.chip {
+            if wanted != chip {
+                return Err(BoardError::WrongChip {
+                    port: port.clone(),
+                    found: chip.to_string(),
+                    wanted: wanted.to_string(),
+                });
+            }
+        }
+        // The ROM loader switches now, so everything after runs fast. The stub is uploaded at
+        // 115200 first, as espflash and esptool do: the ROM takes its 6 KB RAM blocks
+        // reliably only at the boot rate (it drops bytes at 921600 in Espressif's emulator);
+        // the stub then switches.
+        let early = if opts.use_stub { None } else { opts.baud };
+        let baud = match early.filter(|b| *b > 115_200) {
+            Some(b) => {
+                // The ROM answers at the old rate, then switches (old rate 0: the ROM's).
+                conn.with_timeout(CommandType::ChangeBaudrate.timeout(), |c| {
+                    c.command(Command::ChangeBaudrate {
+                        new_baud: b,
+                        prior_baud: 0,
+                    })
+                })
+                .and_then(|_| conn.set_baud(b))
+                .and_then(|_| conn.flush())
+                .map_err(connect_err)?;
+                b
+            }
+            None => 115_200,
+        };
+
+        // Hand the synced line to espflash's Flasher. For the ROM loader it only needs to
+        // learn the chip's state (no second SYNC); the flash is attached here. For the stub it
+        // syncs once more (at the fast rate) and uploads the stub.
+        let serial = conn.into_serial();
+        let link = if opts.use_stub {
+            let conn = Connection::new(serial, info, after, ResetBeforeOperation::NoReset, baud);
+            let flasher = Flasher::connect(conn, true, true, false, Some(chip), opts.baud)
+                .map_err(connect_err)?;
+            BoardLink {
+                flasher,
+                use_stub: true,
+                after: opts.after,
+                port: port.clone(),
+                flash_size: None,
+            }
+        } else {
+            let conn = Connection::new(
+                serial,
+                info,
+                after,
+                ResetBeforeOperation::NoResetNoSync,
+                baud,
+            );
+            let flasher = Flasher::connect(conn, false, true, false, Some(chip), None)
+                .map_err(connect_err)?;
+            let mut link = BoardLink {
+                flasher,
+                use_stub: false,
+                after: opts.after,
+                port: port.clone(),
+                flash_size: None,
+            };
+            if !link.flasher.secure_download_mode() {
+                link.attach_rom_flash().map_err(connect_err)?;
+            }
+            link
+        };
+        Ok(link)
+    }
+
+    /// ROM loader: attach the SPI flash, read its JEDEC ID, tell the ROM its size.
+    fn attach_rom_flash(&mut self) -> Result<(), espflash::Error> {
+        let conn = self.flasher.connection();
+        conn.with_timeout(CommandType::SpiAttach.timeout(), |c| {
+            c.command(Command::SpiAttach {
+                spi_params: SpiAttachParams::default(),
+            })
+        })?;
+        let size = self.flasher.flash_detect()?.unwrap_or_default();
+        self.flasher.set_flash_size(size);
+        self.flasher
+            .connection()
+            .with_timeout(CommandType::SpiSetParams.timeout(), |c| {
+                c.command(Command::SpiSetParams {
+                    spi_params: SpiSetParams::default(size.size()),
+                })
+            })?;
+        self.flash_size = Some(size.size());
+        Ok(())
     }
 
     pub fn flasher(&mut self) -> &mut Flasher {
@@ -133,8 +255,53 @@ impl BoardLink {
         self.use_stub
     }
 
+    /// The flash size in bytes, from the flash chip's JEDEC ID (asked once per link).
+    pub fn flash_size(&mut self) -> Result<u32> {
+        if let Some(s) = self.flash_size {
+            return Ok(s);
+        }
+        if self.flasher.secure_download_mode() {
+            return Err(BoardError::SecureDownloadMode {
+                port: self.port.clone(),
+            });
+        }
+        let size = self
+            .flasher
+            .flash_detect()
+            .map_err(|e| self.dropped("reading the flash ID", e))?
+            .unwrap_or_default()
+            .size();
+        self.flash_size = Some(size);
+        Ok(size)
+    }
+
+    /// A failure of the line after the link was up: exit code 3.
+    fn dropped(&self, during: &'static str, e: impl std::fmt::Display) -> BoardError {
+        BoardError::LineDropped {
+            port: self.port.clone(),
+            during,
+            detail: e.to_string(),
+            state: "nothing was written to the board",
+        }
+    }
+
+    /// Refuses a range the flash does not hold, before anything is read or allocated for it.
+    fn check_range(&mut self, what: &'static str, offset: u32, len: u32) -> Result<()> {
+        let flash_size = self.flash_size()?;
+        if u64::from(offset) + u64::from(len) > u64::from(flash_size) {
+            return Err(BoardError::OutOfFlash {
+                what,
+                offset,
+                len,
+                flash_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads `len` bytes of flash at `offset` into memory.
     pub fn read_flash(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        self.check_range("reading flash", offset, len)?;
         if self.use_stub {
             self.read_flash_stub(offset, len)
         } else {
@@ -142,35 +309,49 @@ impl BoardLink {
         }
     }
 
+    /// Reads the partition table at `offset`, only up to its end marker (a table of six
+    /// partitions is 256 bytes of a 4 KB sector: four ROM reads instead of 64).
+    pub fn read_partition_table(&mut self, offset: u32) -> Result<Vec<u8>> {
+        let step = if self.use_stub {
+            4 * ROM_READ_BLOCK
+        } else {
+            ROM_READ_BLOCK
+        };
+        let mut table = Vec::new();
+        while (table.len() as u32) < partition::TABLE_SIZE && !partition::is_complete(&table) {
+            let at = offset + table.len() as u32;
+            table.extend(self.read_flash(at, step)?);
+        }
+        Ok(table)
+    }
+
     /// ROM path: READ_FLASH_SLOW returns 64 bytes per command. (espflash's own
     /// `read_flash_rom` advances the offset wrongly past 128 bytes, so this does it directly.)
     fn read_flash_rom(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
-        const BLOCK: u32 = 64;
         let mut out = Vec::with_capacity(len as usize);
         while (out.len() as u32) < len {
             let at = offset + out.len() as u32;
-            let n = BLOCK.min(len - out.len() as u32);
+            let n = ROM_READ_BLOCK.min(len - out.len() as u32);
             let conn = self.flasher.connection();
             let resp = conn
                 .with_timeout(CommandType::ReadFlashSlow.timeout(), |c| {
                     c.command(Command::ReadFlashSlow {
                         offset: at,
                         size: n,
-                        block_size: BLOCK,
+                        block_size: ROM_READ_BLOCK,
                         max_in_flight: 1,
                     })
                 })
-                .with_context(|| {
-                    format!("reading flash at {at:#x}: the board stopped answering")
-                })?;
-            let data: Vec<u8> = resp
-                .try_into()
-                .map_err(|e| anyhow!("reading flash at {at:#x}: {e}"))?;
+                .map_err(|e| read_error(&self.port, at, e))?;
+            let data: Vec<u8> = resp.try_into().map_err(|e| BoardError::Read {
+                offset: at,
+                detail: format!("{e}"),
+            })?;
             if data.len() < n as usize {
-                bail!(
-                    "reading flash at {at:#x}: short reply ({} of {n} bytes)",
-                    data.len()
-                );
+                return Err(BoardError::Read {
+                    offset: at,
+                    detail: format!("short reply ({} of {n} bytes)", data.len()),
+                });
             }
             out.extend_from_slice(&data[..n as usize]);
         }
@@ -179,81 +360,209 @@ impl BoardLink {
 
     /// Stub path: READ_FLASH streams blocks that the host acknowledges, then an MD5.
     fn read_flash_stub(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
-        const BLOCK: u32 = 0x1000;
+        let port = self.port.clone();
         let conn = self.flasher.connection();
         conn.with_timeout(CommandType::ReadFlash.timeout(), |c| {
             c.command(Command::ReadFlash {
                 offset,
                 size: len,
-                block_size: BLOCK,
+                block_size: STUB_READ_BLOCK,
                 max_in_flight: 64,
             })
         })
-        .with_context(|| format!("reading flash at {offset:#x}"))?;
+        .map_err(|e| read_error(&port, offset, e))?;
+        let stopped = || BoardError::LineDropped {
+            port: port.clone(),
+            during: "reading flash",
+            detail: "the board stopped sending".into(),
+            state: "nothing was written to the board",
+        };
         let mut data = Vec::with_capacity(len as usize);
         while (data.len() as u32) < len {
             let chunk: Vec<u8> = conn
-                .read_flash_response()?
-                .ok_or_else(|| anyhow!("reading flash at {offset:#x}: the board stopped sending"))?
+                .read_flash_response()
+                .map_err(|e| read_error(&port, offset, e))?
+                .ok_or_else(stopped)?
                 .value
                 .try_into()
-                .map_err(|e| anyhow!("reading flash: {e}"))?;
+                .map_err(|e| BoardError::Read {
+                    offset,
+                    detail: format!("{e}"),
+                })?;
             data.extend_from_slice(&chunk);
-            if (data.len() as u32) < len && (chunk.len() as u32) < BLOCK {
-                bail!(
-                    "reading flash at {offset:#x}: short block ({} bytes)",
-                    chunk.len()
-                );
+            if (data.len() as u32) < len && (chunk.len() as u32) < STUB_READ_BLOCK {
+                return Err(BoardError::Read {
+                    offset,
+                    detail: format!("short block ({} bytes)", chunk.len()),
+                });
             }
-            conn.write_raw(data.len() as u32)?;
+            conn.write_raw(data.len() as u32)
+                .map_err(|e| read_error(&port, offset, e))?;
         }
         let digest: Vec<u8> = conn
-            .read_flash_response()?
-            .ok_or_else(|| anyhow!("reading flash: no final MD5"))?
+            .read_flash_response()
+            .map_err(|e| read_error(&port, offset, e))?
+            .ok_or_else(stopped)?
             .value
             .try_into()
-            .map_err(|e| anyhow!("reading flash: {e}"))?;
+            .map_err(|e| BoardError::Read {
+                offset,
+                detail: format!("no final MD5: {e}"),
+            })?;
         if data.len() as u32 != len || digest.as_slice() != Md5::digest(&data).as_slice() {
-            bail!(
-                "reading flash at {offset:#x}: data does not match the board's MD5 (line noise?)"
-            );
+            return Err(BoardError::ReadMd5Mismatch { offset });
         }
         Ok(data)
     }
 
     /// The board's MD5 of a flash region.
     pub fn md5(&mut self, offset: u32, len: u32) -> Result<[u8; 16]> {
-        let v = self
-            .flasher
-            .checksum_md5(offset, len)
-            .with_context(|| format!("MD5 of flash at {offset:#x}"))?;
+        self.check_range("MD5 of flash", offset, len)?;
+        let conn = self.flasher.connection();
+        let v: u128 = conn
+            .with_timeout(CommandType::FlashMd5.timeout_for_size(len), |c| {
+                c.command(Command::FlashMd5 { offset, size: len })
+            })
+            .and_then(|r| r.try_into())
+            .map_err(|e| self.dropped("asking for an MD5", e))?;
         Ok(v.to_be_bytes())
     }
 
-    /// Writes `data` at `offset` and checks the board's MD5 of it. In ROM mode the loader
-    /// exits after this (FLASH_END), so do every read first.
+    /// Writes `data` at `offset` and checks the board's MD5 of it. The loader stays in
+    /// download mode afterwards (ROM and stub alike).
     pub fn write_verified(
         &mut self,
         offset: u32,
         data: &[u8],
         progress: &mut dyn ProgressCallbacks,
     ) -> Result<()> {
-        self.flasher.write_bin_to_flash(offset, data, progress).map_err(|e| match e {
-            espflash::Error::VerifyFailed => {
-                anyhow!("write at {offset:#x}: the board's MD5 does not match what was sent; the board is NOT provisioned")
-            }
-            other => anyhow!("write at {offset:#x} failed: {other}; the board is NOT provisioned"),
-        })
+        self.check_range("writing flash", offset, data.len() as u32)?;
+        if self.use_stub {
+            return self
+                .flasher
+                .write_bin_to_flash(offset, data, progress)
+                .map_err(|e| match e {
+                    espflash::Error::VerifyFailed => BoardError::Md5Mismatch { offset },
+                    espflash::Error::RomError(_) => BoardError::Write {
+                        offset,
+                        detail: e.to_string(),
+                    },
+                    other => BoardError::LineDropped {
+                        port: self.port.clone(),
+                        during: "writing",
+                        detail: other.to_string(),
+                        state: PARTLY_WRITTEN,
+                    },
+                });
+        }
+        self.write_deflated_rom(offset, data, progress)
     }
 
-    /// Applies `--after`: a hard reset into the application, or staying in the ROM loader
-    /// (when the stub ran, it is asked to reboot into the ROM loader, as espflash and esptool
-    /// do for "no reset"), so the next tool finds the board in download mode.
+    /// ROM loader: `FLASH_DEFL_BEGIN` (the ROM erases the region), the zlib stream in
+    /// 1 KB blocks, then the board's MD5 of the region against the data's.
+    fn write_deflated_rom(
+        &mut self,
+        offset: u32,
+        data: &[u8],
+        progress: &mut dyn ProgressCallbacks,
+    ) -> Result<()> {
+        let mut z = ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(data).expect("writing into a Vec cannot fail");
+        let compressed = z.finish().expect("writing into a Vec cannot fail");
+        let blocks = (compressed.len() as u32).div_ceil(ROM_BLOCK);
+        // The ROM wants the size rounded up to whole write blocks.
+        let erase_size = (data.len() as u32).div_ceil(ROM_BLOCK) * ROM_BLOCK;
+        let supports_encryption = self.flasher.chip() != Chip::Esp32;
+        let port = self.port.clone();
+        let fail = |begun: bool, e: espflash::Error| match e {
+            espflash::Error::RomError(_) => BoardError::Write {
+                offset,
+                detail: e.to_string(),
+            },
+            other => BoardError::LineDropped {
+                port: port.clone(),
+                during: "writing",
+                detail: other.to_string(),
+                state: if begun {
+                    PARTLY_WRITTEN
+                } else {
+                    "nothing was written to the board"
+                },
+            },
+        };
+        progress.init(offset, blocks as usize);
+        let conn = self.flasher.connection();
+        conn.with_timeout(
+            CommandType::FlashDeflBegin.timeout_for_size(erase_size),
+            |c| {
+                c.command(Command::FlashDeflBegin {
+                    size: erase_size,
+                    blocks,
+                    block_size: ROM_BLOCK,
+                    offset,
+                    supports_encryption,
+                })
+            },
+        )
+        .map_err(|e| fail(false, e))?;
+        for (i, block) in compressed.chunks(ROM_BLOCK as usize).enumerate() {
+            // A block the ROM refused (a checksum spoilt on the line) was not taken: send it
+            // again, as esptool does. The MD5 below is the proof either way.
+            let mut attempt = 0;
+            loop {
+                let sent = conn.with_timeout(
+                    CommandType::FlashDeflData.timeout_for_size(data.len() as u32),
+                    |c| {
+                        c.command(Command::FlashDeflData {
+                            data: block,
+                            pad_to: 0,
+                            pad_byte: 0xFF,
+                            sequence: i as u32,
+                        })
+                    },
+                );
+                match sent {
+                    Ok(_) => break,
+                    Err(espflash::Error::RomError(_)) if attempt < ROM_BLOCK_RETRIES => {
+                        attempt += 1
+                    }
+                    Err(e) => return Err(fail(true, e)),
+                }
+            }
+            progress.update(i + 1);
+        }
+        progress.verifying();
+        let on_board: u128 = conn
+            .with_timeout(
+                CommandType::FlashMd5.timeout_for_size(data.len() as u32),
+                |c| {
+                    c.command(Command::FlashMd5 {
+                        offset,
+                        size: data.len() as u32,
+                    })
+                },
+            )
+            .and_then(|r| r.try_into())
+            .map_err(|e| fail(true, e))?;
+        if on_board != u128::from_be_bytes(Md5::digest(data).into()) {
+            return Err(BoardError::Md5Mismatch { offset });
+        }
+        progress.finish(false);
+        Ok(())
+    }
+
+    /// Applies `--after`: a hard reset into the application, or staying in the loader (when
+    /// the stub ran, it is asked to reboot into the ROM loader, as espflash and esptool do for
+    /// "no reset"), so the next tool finds the board in download mode.
     pub fn finish(mut self) -> Result<()> {
         match self.after {
-            After::HardReset => self.flasher.connection().reset().map_err(|e| {
-                anyhow!("reset after writing failed ({e}); the data is written and verified — reset the board by hand")
-            }),
+            After::HardReset => self
+                .flasher
+                .connection()
+                .reset()
+                .map_err(|e| BoardError::Reset {
+                    detail: e.to_string(),
+                }),
             After::NoReset if self.use_stub => {
                 let conn = self.flasher.connection();
                 conn.with_timeout(CommandType::FlashBegin.timeout(), |c| {
@@ -270,10 +579,31 @@ impl BoardLink {
                         c.write_command(Command::FlashEnd { reboot: true })
                     })
                 })
-                .map_err(|e| anyhow!("returning the board to its ROM loader failed: {e}"))
+                .map_err(|e| BoardError::ReturnToLoader {
+                    detail: e.to_string(),
+                })
             }
             After::NoReset => Ok(()),
         }
+    }
+}
+
+/// What a write that broke off after the erase leaves behind.
+const PARTLY_WRITTEN: &str = "the config partition was erased and may be partly written: the board is NOT provisioned; reconnect it and run the write again";
+
+/// A failed read: the ROM refusing it is a read error, anything else the line.
+fn read_error(port: &str, offset: u32, e: espflash::Error) -> BoardError {
+    match e {
+        espflash::Error::RomError(_) => BoardError::Read {
+            offset,
+            detail: e.to_string(),
+        },
+        other => BoardError::LineDropped {
+            port: port.into(),
+            during: "reading flash",
+            detail: format!("at {offset:#x}: {other}"),
+            state: "nothing was written to the board",
+        },
     }
 }
 
@@ -289,19 +619,28 @@ fn usb_info(port: &str) -> UsbPortInfo {
     }
 }
 
-fn explain_connect_error(port: &str, opts: &LinkOptions, e: espflash::Error) -> anyhow::Error {
+fn explain_connect_error(port: &str, opts: &LinkOptions, e: espflash::Error) -> BoardError {
     match e {
-        espflash::Error::ChipMismatch(found, wanted) => anyhow!(
-            "--chip: the board on {port} is an {found}, not an {wanted}; use --chip {found} if that is intended"
-        ),
+        espflash::Error::ChipMismatch(found, wanted) => BoardError::WrongChip {
+            port: port.into(),
+            found,
+            wanted,
+        },
         espflash::Error::Connection(_) | espflash::Error::ChipDetectError(_) => {
             let hint = if opts.before == Before::NoReset {
                 "the board is not in download mode (hold BOOT, tap RESET, release BOOT) or this is not an ESP board"
             } else {
                 "the reset into download mode did not work and no bootloader answered; hold BOOT and tap RESET, then retry with --before no-reset"
             };
-            anyhow!("{port}: no ESP bootloader answered ({e}); {hint}")
+            BoardError::NoAnswer {
+                port: port.into(),
+                detail: e.to_string(),
+                hint,
+            }
         }
-        other => anyhow!("{port}: connecting failed: {other}"),
+        other => BoardError::Connect {
+            port: port.into(),
+            detail: other.to_string(),
+        },
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod efuse;
+pub mod error;
 pub mod inspect;
 pub mod link;
 pub mod partition;
@@ -9,5 +10,6 @@ pub mod ports;
 pub mod progress;
 pub mod write;
 
+pub use error::{BoardError, PartitionError};
 pub use espflash::target::Chip;
 pub use link::{After, Before, BoardLink, LinkOptions};

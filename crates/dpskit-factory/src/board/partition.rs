@@ -1,9 +1,10 @@
 //! Reading a board's partition table safely and finding the config partition in it.
 //!
 //! esp-idf-part panics (instead of returning an error) on subtypes or flag bits it does not
-//! know, so every entry is checked here first and an unknown one becomes a plain error.
+//! know, and its overlap check adds offset and size in 32 bits, so every entry is checked here
+//! first and anything it could trip on becomes a plain [`PartitionError`].
 
-use anyhow::{bail, Result};
+use super::error::PartitionError;
 use esp_idf_part::{DataType, Flags, Partition, PartitionTable, SubType, Type};
 use serde::Serialize;
 
@@ -11,25 +12,34 @@ use serde::Serialize;
 pub const TABLE_SIZE: u32 = 0x1000;
 /// Default table offset (`CONFIG_PARTITION_TABLE_OFFSET`).
 pub const DEFAULT_TABLE_OFFSET: u32 = 0x8000;
+/// One table entry (and the MD5 line, and the end marker) is 32 bytes.
+pub const ENTRY_LEN: usize = 32;
 
-/// Parses a binary table read from flash (the whole 0x1000 sector is fine).
-pub fn parse(bytes: &[u8]) -> Result<PartitionTable> {
-    if bytes.iter().take(32).all(|b| *b == 0xFF) {
-        bail!("partition table: the sector is erased (no table); flash a bootloader, table and app first, or check --partition-table-offset");
+/// True once `bytes` (read from the table's start) hold the whole table: an end marker, or
+/// a line that is neither an entry nor the MD5 line (which [`parse`] then reports). Lets a
+/// reader stop after the few hundred bytes a table takes instead of reading the 4 KB sector.
+pub fn is_complete(bytes: &[u8]) -> bool {
+    bytes.chunks_exact(ENTRY_LEN).any(|line| {
+        line.iter().all(|b| *b == 0xFF) || (line[..2] != [0xAA, 0x50] && line[..2] != [0xEB, 0xEB])
+    })
+}
+
+/// Parses a binary table read from flash: the whole 0x1000 sector, or its start up to and
+/// including the end marker (see [`is_complete`]).
+pub fn parse(bytes: &[u8]) -> Result<PartitionTable, PartitionError> {
+    if bytes.iter().take(ENTRY_LEN).all(|b| *b == 0xFF) {
+        return Err(PartitionError::Erased);
     }
-    let usable = &bytes[..bytes.len() - bytes.len() % 32];
-    for (i, line) in usable.chunks_exact(32).enumerate() {
+    let usable = &bytes[..bytes.len() - bytes.len() % ENTRY_LEN];
+    for (i, line) in usable.chunks_exact(ENTRY_LEN).enumerate() {
         if line.iter().all(|b| *b == 0xFF) || line.starts_with(&[0xEB, 0xEB]) {
             break;
         }
         if line[..2] != [0xAA, 0x50] {
-            bail!("partition table: entry {i} has no AA 50 magic; the table is corrupt or --partition-table-offset is wrong");
+            return Err(PartitionError::NoMagic { entry: i });
         }
-        let (ty, sub, flags) = (
-            line[2],
-            line[3],
-            u32::from_le_bytes(line[28..32].try_into().unwrap()),
-        );
+        let word = |at: usize| u32::from_le_bytes(line[at..at + 4].try_into().expect("4 bytes"));
+        let (ty, sub, offset, size, flags) = (line[2], line[3], word(4), word(8), word(28));
         let label = String::from_utf8_lossy(&line[12..28])
             .trim_end_matches('\0')
             .to_string();
@@ -39,17 +49,50 @@ pub fn parse(bytes: &[u8]) -> Result<PartitionTable> {
             _ => true,
         };
         if !known_sub {
-            bail!("partition table: entry {i} ({label:?}) has type {ty:#04x} subtype {sub:#04x}, which this dpskit does not know (newer ESP-IDF?); inspect cannot read this table");
+            return Err(PartitionError::UnknownSubtype {
+                entry: i,
+                label,
+                ty,
+                subtype: sub,
+            });
         }
         if flags & !0x3 != 0 {
-            bail!("partition table: entry {i} ({label:?}) has unknown flag bits {flags:#x}");
+            return Err(PartitionError::UnknownFlags {
+                entry: i,
+                label,
+                flags,
+            });
+        }
+        // esp-idf-part adds these in u32: past 4 GiB it would wrap (release) or panic (debug).
+        if u64::from(offset) + u64::from(size) > 1 << 32 {
+            return Err(PartitionError::OutOfRange {
+                entry: i,
+                label,
+                offset,
+                size,
+                limit: "4 GiB".into(),
+            });
         }
     }
-    PartitionTable::try_from_bytes(usable.to_vec()).map_err(|e| {
-        anyhow::anyhow!(
-            "partition table: {e}; the table is corrupt or --partition-table-offset is wrong"
-        )
-    })
+    PartitionTable::try_from_bytes(usable.to_vec())
+        .map_err(|e| PartitionError::Corrupt(e.to_string()))
+}
+
+/// Checks that every partition lies inside a flash of `flash_size` bytes, so no size a board
+/// reports is ever used (read, hashed, allocated) beyond the chip that holds it.
+pub fn check_fits(table: &PartitionTable, flash_size: u32) -> Result<(), PartitionError> {
+    for (i, p) in table.partitions().iter().enumerate() {
+        if u64::from(p.offset()) + u64::from(p.size()) > u64::from(flash_size) {
+            return Err(PartitionError::OutOfRange {
+                entry: i,
+                label: p.name(),
+                offset: p.offset(),
+                size: p.size(),
+                limit: format!("the {} MB flash", flash_size >> 20),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One partition, for reports.
@@ -85,34 +128,39 @@ pub fn config_partition<'t>(
     table: &'t PartitionTable,
     name: &str,
     image_len: Option<usize>,
-) -> Result<&'t Partition> {
+) -> Result<&'t Partition, PartitionError> {
     let Some(p) = table.find(name) else {
         let names: Vec<String> = table.partitions().iter().map(|p| p.name()).collect();
-        bail!(
-            "--partition: no partition named {name:?} on this board (it has: {}); flash a table with a dedicated data/nvs partition (see templates/partitions.csv)",
-            names.join(", ")
-        );
+        return Err(PartitionError::NotFound {
+            name: name.into(),
+            have: names.join(", "),
+        });
     };
     if p.ty() != Type::Data || p.subtype() != SubType::Data(DataType::Nvs) {
-        bail!(
-            "--partition: {name:?} is {}/{}, not data/nvs; the firmware could not open it as NVS",
-            p.ty(),
-            p.subtype()
-        );
+        return Err(PartitionError::NotNvs {
+            name: name.into(),
+            kind: p.ty().to_string(),
+            subtype: p.subtype().to_string(),
+        });
     }
     if p.flags().contains(Flags::ENCRYPTED) {
-        bail!("--partition: {name:?} is flagged encrypted; dpskit writes plain NVS images, which an encrypted partition would not read");
+        return Err(PartitionError::Encrypted { name: name.into() });
     }
     if let Some(len) = image_len {
         if (p.size() as usize) < len {
-            bail!(
-                "--partition: {name:?} is {:#x} bytes but the image is {len:#x}; rebuild the image with --size {:#x}",
-                p.size(),
-                p.size()
-            );
+            return Err(config_partition_too_small(name, p.size(), len));
         }
     }
     Ok(p)
+}
+
+/// The config partition cannot take an image of `image` bytes.
+pub fn config_partition_too_small(name: &str, size: u32, image: usize) -> PartitionError {
+    PartitionError::TooSmall {
+        name: name.into(),
+        size,
+        image,
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +182,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("erased"));
+    }
+
+    #[test]
+    fn a_table_past_4_gib_is_refused_before_esp_idf_part_sees_it() {
+        let mut bin = PartitionTable::try_from_str(CSV).unwrap().to_bin().unwrap();
+        // dps_cfg at 0xfffff000 with size 0x6000: offset + size wraps a u32.
+        bin[32 + 4..32 + 8].copy_from_slice(&0xFFFF_F000u32.to_le_bytes());
+        let e = parse(&bin).unwrap_err();
+        assert!(
+            matches!(e, PartitionError::OutOfRange { entry: 1, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("4 GiB"), "{e}");
+        // Inside 4 GiB but beyond the board's flash: refused against the JEDEC size.
+        let csv = "nvs,data,nvs,0x9000,0x6000,\ndps_cfg,data,nvs,0x3ff000,0x6000,\nfactory,app,factory,0x20000,0x100000,\n";
+        let t = PartitionTable::try_from_str(csv).unwrap();
+        let e = check_fits(&t, 4 << 20).unwrap_err().to_string();
+        assert!(e.contains("dps_cfg") && e.contains("4 MB flash"), "{e}");
+        assert!(check_fits(&t, 8 << 20).is_ok());
+    }
+
+    #[test]
+    fn a_table_is_complete_once_its_end_marker_is_read() {
+        let bin = PartitionTable::try_from_str(CSV).unwrap().to_bin().unwrap();
+        // 3 entries, the MD5 line, then the end marker at 128.
+        assert!(!is_complete(&bin[..128]));
+        assert!(is_complete(&bin[..192]));
+        let t = parse(&bin[..192]).unwrap();
+        assert_eq!(t.partitions().len(), 3);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Writing a config image into a board's config partition, and proving it landed.
 
+use super::error::BoardError;
 use super::inspect::{config_state, ConfigState};
 use super::link::BoardLink;
 use super::partition;
-use anyhow::{bail, Result};
 use espflash::target::ProgressCallbacks;
 
 /// What a successful write did.
@@ -12,7 +12,7 @@ pub struct WriteOutcome {
     pub partition: String,
     pub offset: u32,
     pub bytes: usize,
-    /// MD5 of the written region; the board's own MD5 of it matched (espflash's verify).
+    /// MD5 of the written region; the board's own MD5 of it matched.
     pub md5: String,
     /// Read back off the board (stub) or, in ROM mode, the verified image decoded.
     pub read_back: ConfigState,
@@ -28,8 +28,16 @@ pub enum Proof {
     Md5,
 }
 
-/// Finds the config partition, writes `image`, verifies it by MD5 and decodes it back.
-/// Nothing else on the flash is touched.
+/// The config partition on one board: where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub partition: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// Finds the config partition in the board's table, writes `image`, verifies it by MD5 and
+/// decodes it back. Nothing else on the flash is touched.
 pub fn write_config(
     link: &mut BoardLink,
     table_offset: u32,
@@ -37,30 +45,66 @@ pub fn write_config(
     image: &[u8],
     proof: Proof,
     progress: &mut dyn ProgressCallbacks,
-) -> Result<WriteOutcome> {
-    let table = partition::parse(&link.read_flash(table_offset, partition::TABLE_SIZE)?)?;
+) -> Result<WriteOutcome, BoardError> {
+    let table = partition::parse(&link.read_partition_table(table_offset)?)?;
+    partition::check_fits(&table, link.flash_size()?)?;
     let p = partition::config_partition(&table, partition_name, Some(image.len()))?;
-    let (offset, size) = (p.offset(), p.size());
+    let target = Target {
+        partition: partition_name.into(),
+        offset: p.offset(),
+        size: p.size(),
+    };
+    write_config_at(link, &target, image, proof, progress)
+}
+
+/// Writes `image` into a config partition already found (by an inspection of this board on
+/// this link), verifies it by MD5 and decodes it back.
+pub fn write_config_at(
+    link: &mut BoardLink,
+    target: &Target,
+    image: &[u8],
+    proof: Proof,
+    progress: &mut dyn ProgressCallbacks,
+) -> Result<WriteOutcome, BoardError> {
+    let Target {
+        partition: name,
+        offset,
+        size,
+    } = target;
+    if (*size as usize) < image.len() {
+        return Err(partition::config_partition_too_small(name, *size, image.len()).into());
+    }
+    // Nothing the board reported is allocated before it is known to fit its flash.
+    if u64::from(*offset) + u64::from(*size) > u64::from(link.flash_size()?) {
+        return Err(BoardError::OutOfFlash {
+            what: "the config partition",
+            offset: *offset,
+            len: *size,
+            flash_size: link.flash_size()?,
+        });
+    }
     // Fill the whole partition so no stale NVS page from an older config survives.
     let mut full = image.to_vec();
-    full.resize(size as usize, 0xFF);
-    // espflash asks the board for the region's MD5 and fails the write on a mismatch.
-    link.write_verified(offset, &full, progress)?;
+    full.resize(*size as usize, 0xFF);
+    // The board's MD5 of the region is checked against `full` before this returns.
+    link.write_verified(*offset, &full, progress)?;
     let expected: [u8; 16] =
         md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(&full)).into();
     let read_back = if link.uses_stub() && proof == Proof::ReadBack {
-        config_state(partition_name, &link.read_flash(offset, size)?)
+        config_state(name, &link.read_flash(*offset, *size)?)
     } else {
-        // The board's MD5 matched (espflash checks it before FLASH_END, after which the ROM
-        // loader has left download mode), so the flash holds exactly `full`.
-        config_state(partition_name, &full)
+        // The board's MD5 matched, so the flash holds exactly `full`.
+        config_state(name, &full)
     };
     if !matches!(read_back, ConfigState::Present { .. }) {
-        bail!("read-back of {partition_name} does not decode as a dpskit config ({read_back:?}); the board is NOT provisioned");
+        return Err(BoardError::NotAConfig {
+            partition: name.clone(),
+            detail: format!("{read_back:?}"),
+        });
     }
     Ok(WriteOutcome {
-        partition: partition_name.into(),
-        offset,
+        partition: name.clone(),
+        offset: *offset,
         bytes: full.len(),
         md5: hex::encode(expected),
         read_back,

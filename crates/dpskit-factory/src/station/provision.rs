@@ -523,14 +523,14 @@ impl<'a> Bench<'a> {
         bar.set_message(format!("{id}: writing"));
         st.link_ok = false;
         let mut progress = BarProgress::new(bar.clone());
-        let outcome = write::write_config(
-            link,
-            s.table_offset,
-            &s.partition,
-            &image,
-            write::Proof::Md5,
-            &mut progress,
-        )?;
+        // Inspection read the table on this link a moment ago: write where it said.
+        let target = write::Target {
+            partition: s.partition.clone(),
+            offset: part_offset,
+            size: part_size,
+        };
+        let outcome =
+            write::write_config_at(link, &target, &image, write::Proof::Md5, &mut progress)?;
         st.link_ok = true;
         if outcome.md5 != md5 {
             bail!("internal: the verified image is not the one built for {id}; the board is NOT provisioned");

@@ -1,4 +1,4 @@
-//! A virtual board: a [`Device`] on its own thread, talking over a pty, with its flash in an
+//! A virtual board: a [`VirtualChip`] on its own thread, talking over a pty, with its flash in an
 //! image file. The handle stops the thread (and removes a private temp file) when dropped.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +11,12 @@ use anyhow::{bail, Context, Result};
 
 use super::efuse::{format_mac, EfuseProfile};
 use super::flash::{FileFlash, FlashStore};
-use super::image::{build_flash_image, AppDescriptor, ImageLayout, ImageSpec, Layout};
-use super::protocol::{BoardState, Device, DeviceConfig, Faults, Output, ResetBehaviour, Stats};
+use super::image::{
+    build_flash_image, default_app, AppDescriptor, ImageFlashMode, ImageLayout, ImageSpec, Layout,
+};
+use super::protocol::{
+    BoardState, ChipProfile, Faults, Output, ResetBehaviour, RomTiming, Stats, VirtualChip,
+};
 use super::pty::{Pty, Waker};
 
 /// JEDEC manufacturer and memory type of the default flash chip (Winbond W25Q).
@@ -29,6 +33,11 @@ pub struct SimBoardConfig {
     pub partitions_csv: Option<String>,
     pub layout: Layout,
     pub app: AppDescriptor,
+    /// `spi_mode` of the app's image header; `None`: what ESP-IDF builds for this flash
+    /// (`dout` for octal flash, `dio` otherwise).
+    pub app_flash_mode: Option<ImageFlashMode>,
+    /// Flash size the app's image header names; `None`: the board's.
+    pub app_flash_size: Option<u32>,
     /// Where the flash image lives. `None`: a private temp file, deleted with the board.
     pub flash_file: Option<PathBuf>,
     /// Use an existing image at `flash_file` as is instead of writing a fresh one.
@@ -38,6 +47,9 @@ pub struct SimBoardConfig {
     /// Pace the line at the board's current baud rate (10 bits per byte, both directions), as
     /// a real UART is; off, a virtual board answers at CPU speed.
     pub line_rate: bool,
+    /// How long each command keeps the chip busy (with `line_rate`, the model of a real ROM:
+    /// [`RomTiming::esp32s3_rom_in_qemu`]); `None`: it answers at once.
+    pub timing: Option<RomTiming>,
 }
 
 impl Default for SimBoardConfig {
@@ -47,17 +59,30 @@ impl Default for SimBoardConfig {
             jedec_id: [DEFAULT_JEDEC_MFR_TYPE[0], DEFAULT_JEDEC_MFR_TYPE[1], 0x16],
             partitions_csv: None,
             layout: Layout::Factory,
-            app: AppDescriptor::default(),
+            app: default_app(),
+            app_flash_mode: None,
+            app_flash_size: None,
             flash_file: None,
             keep_existing_image: false,
             reset: ResetBehaviour::default(),
             faults: Faults::default(),
             line_rate: false,
+            timing: None,
         }
     }
 }
 
 impl SimBoardConfig {
+    /// An ESP32-S3-DevKitC-1 N32R16V: 32 MB octal flash, 16 MB octal PSRAM (AP_1v8) — the
+    /// board dpskit's firmware is built for.
+    pub fn n32r16v() -> SimBoardConfig {
+        SimBoardConfig {
+            profile: EfuseProfile::n32r16v(),
+            jedec_id: [DEFAULT_JEDEC_MFR_TYPE[0], 0x80, 0x19],
+            ..SimBoardConfig::default()
+        }
+    }
+
     /// Flash size in bytes, from the JEDEC capacity byte.
     pub fn flash_size(&self) -> Result<u32> {
         flash_size_from_capacity(self.jedec_id[2])
@@ -201,6 +226,14 @@ impl VirtualBoard {
                 partitions_csv: config.partitions_csv.clone(),
                 layout: config.layout,
                 app: config.app.clone(),
+                flash_mode: config
+                    .app_flash_mode
+                    .unwrap_or(if config.profile.octal_flash {
+                        ImageFlashMode::Dout
+                    } else {
+                        ImageFlashMode::Dio
+                    }),
+                header_flash_size: config.app_flash_size,
             };
             let (image, layout) = build_flash_image(&spec).map_err(cleanup)?;
             let f = FileFlash::create(&flash_path, flash_size, &image)
@@ -213,12 +246,13 @@ impl VirtualBoard {
             .context("allocating a pseudo-terminal")
             .map_err(cleanup)?;
         let pty_path = pty.path().to_path_buf();
-        let device = Device::new(
-            DeviceConfig {
+        let device = VirtualChip::new(
+            ChipProfile {
                 profile: config.profile.clone(),
                 jedec_id: config.jedec_id,
                 reset: config.reset.clone(),
                 faults: config.faults.clone(),
+                timing: config.timing,
             },
             flash,
         );
@@ -392,7 +426,7 @@ fn wire_time(bytes: usize, baud: u32) -> Duration {
     Duration::from_micros(bytes as u64 * 10 * 1_000_000 / u64::from(baud.max(1)))
 }
 
-fn run_board(mut device: Device, pty: Pty, shared: &Shared, line_rate: bool) {
+fn run_board(mut device: VirtualChip, pty: Pty, shared: &Shared, line_rate: bool) {
     let mut pty = Some(pty);
     let mut queue: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 0x4000];
@@ -428,11 +462,15 @@ fn run_board(mut device: Device, pty: Pty, shared: &Shared, line_rate: bool) {
                 })
             };
             let ready = line.wait(!queue.is_empty(), Some(&shared.waker), timeout)?;
+            // When the next bytes may leave: the chip cannot answer before the request is
+            // through the wire, nor before it is done (Output::Pause). Kept as a deadline so
+            // the thread's own overheads are absorbed, not added.
+            let mut due = Instant::now();
             if ready.readable {
                 let n = line.read(&mut buf)?;
                 if n > 0 {
                     if line_rate {
-                        std::thread::sleep(wire_time(n, device.baud()));
+                        due += wire_time(n, device.baud());
                     }
                     outputs.extend(device.feed(&buf[..n], Instant::now()));
                 }
@@ -458,12 +496,24 @@ fn run_board(mut device: Device, pty: Pty, shared: &Shared, line_rate: bool) {
                         line.set_baud(b);
                     }
                     Output::DropLine => drop_line = true,
+                    Output::Pause(d) => {
+                        // What was answered before goes out first; then the chip is busy.
+                        if !queue.is_empty() {
+                            if line_rate {
+                                due += wire_time(queue.len(), device.baud());
+                            }
+                            sleep_until(due);
+                            flush(line, &mut queue, Duration::from_millis(200))?;
+                        }
+                        due += d;
+                    }
                 }
             }
             if !queue.is_empty() {
                 if line_rate {
-                    std::thread::sleep(wire_time(queue.len(), device.baud()));
+                    due += wire_time(queue.len(), device.baud());
                 }
+                sleep_until(due);
                 let n = line.write(&queue)?;
                 queue.drain(..n);
                 if queue.len() > MAX_QUEUED {
@@ -486,6 +536,13 @@ fn run_board(mut device: Device, pty: Pty, shared: &Shared, line_rate: bool) {
         c.state = None;
     }
     drop(pty);
+}
+
+fn sleep_until(due: Instant) {
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
 }
 
 fn flush(line: &Pty, queue: &mut Vec<u8>, max_wait: Duration) -> std::io::Result<()> {

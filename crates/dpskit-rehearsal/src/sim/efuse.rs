@@ -309,6 +309,19 @@ impl Default for EfuseProfile {
     }
 }
 
+impl EfuseProfile {
+    /// The eFuses of an ESP32-S3 N32R16V module: 16 MB octal PSRAM (AP_1v8) in the package,
+    /// octal flash (`FLASH_TYPE` = 1) outside it.
+    pub fn n32r16v() -> EfuseProfile {
+        EfuseProfile {
+            psram: PsramSize::Mb16,
+            psram_vendor: PsramVendor::Ap1v8,
+            octal_flash: true,
+            ..EfuseProfile::default()
+        }
+    }
+}
+
 /// `GET_SECURITY_INFO` flag bits (same map in ROM, esptool and espflash).
 pub mod security_flags {
     pub const SECURE_BOOT_EN: u32 = 1 << 0;
@@ -440,6 +453,9 @@ impl EfuseProfile {
             EmbeddedFlash::None => {}
             EmbeddedFlash::Mb4 => s.push_str(", embedded flash 4MB"),
             EmbeddedFlash::Mb8 => s.push_str(", embedded flash 8MB"),
+        }
+        if self.octal_flash {
+            s.push_str(", octal flash");
         }
         if self.security.secure_boot {
             s.push_str(", secure boot");

@@ -108,12 +108,17 @@ impl FileFlash {
                 "flash image larger than the flash",
             ));
         }
+        // After a write the image holds a derived key and a Wi-Fi password: owner only, also
+        // when an older image with wider permissions is being replaced.
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut content = vec![0xFFu8; size as usize];
         content[..image.len()].copy_from_slice(image);
         file.write_all_at(&content, 0)?;
@@ -205,6 +210,9 @@ mod tests {
         assert_eq!(bytes.len(), 0x10_0000);
         assert_eq!(&bytes[0..5], &[0xFF; 5]);
         assert_eq!(&bytes[0x100..0x103], b"abc");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "flash images hold keys: owner only");
         let mut again = FileFlash::open(&p).unwrap();
         assert_eq!(again.size(), 0x10_0000);
         assert_eq!(

@@ -26,29 +26,19 @@ pub const APP_DESC_MAGIC: u32 = desc::MAGIC;
 /// `esp_image_header_t.magic`.
 pub const IMAGE_MAGIC: u8 = 0xE9;
 
-/// The fields of `esp_app_desc_t` a board's firmware carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppDescriptor {
-    pub project_name: String,
-    pub version: String,
-    pub idf_ver: String,
-    /// `__DATE__`-style, e.g. "Jan  1 2026"; kept fixed so images are reproducible.
-    pub date: String,
-    /// `__TIME__`-style, e.g. "00:00:00".
-    pub time: String,
-    pub secure_version: u32,
-}
+pub use dpskit_factory::board::app::AppDescriptor;
 
-impl Default for AppDescriptor {
-    fn default() -> Self {
-        AppDescriptor {
-            project_name: "dpskit-firmware".into(),
-            version: "0.1.0".into(),
-            idf_ver: "v5.5.1".into(),
-            date: "Jan  1 2026".into(),
-            time: "00:00:00".into(),
-            secure_version: 0,
-        }
+/// The firmware a virtual board carries unless told otherwise: dpskit's own, for the S3.
+pub fn default_app() -> AppDescriptor {
+    AppDescriptor {
+        project_name: "dpskit-firmware".into(),
+        version: "0.1.0".into(),
+        idf_ver: "v5.5.1".into(),
+        // Fixed, so images are reproducible.
+        date: "Jan  1 2026".into(),
+        time: "00:00:00".into(),
+        secure_version: 0,
+        chip_id: IMAGE_CHIP_ID_ESP32S3,
     }
 }
 
@@ -95,6 +85,11 @@ pub struct ImageSpec {
     pub partitions_csv: Option<String>,
     pub layout: Layout,
     pub app: AppDescriptor,
+    /// `spi_mode` in the app image headers.
+    pub flash_mode: ImageFlashMode,
+    /// `spi_size` in the app image headers; `None`: the flash's own size. A different value
+    /// is a firmware built for another board.
+    pub header_flash_size: Option<u32>,
 }
 
 impl Default for ImageSpec {
@@ -103,9 +98,56 @@ impl Default for ImageSpec {
             flash_size: 4 << 20,
             partitions_csv: None,
             layout: Layout::Factory,
-            app: AppDescriptor::default(),
+            app: default_app(),
+            flash_mode: ImageFlashMode::Dio,
+            header_flash_size: None,
         }
     }
+}
+
+/// `esp_image_header_t.spi_mode`: how the bootloader drives the flash. ESP-IDF builds for
+/// octal flash say `dout` (the ROM switches to octal itself, from the eFuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFlashMode {
+    Qio,
+    Qout,
+    Dio,
+    Dout,
+}
+
+impl ImageFlashMode {
+    /// The header byte.
+    pub fn code(self) -> u8 {
+        match self {
+            ImageFlashMode::Qio => 0,
+            ImageFlashMode::Qout => 1,
+            ImageFlashMode::Dio => 2,
+            ImageFlashMode::Dout => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for ImageFlashMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "qio" => Ok(ImageFlashMode::Qio),
+            "qout" => Ok(ImageFlashMode::Qout),
+            "dio" => Ok(ImageFlashMode::Dio),
+            "dout" => Ok(ImageFlashMode::Dout),
+            _ => Err(format!(
+                "unknown flash mode {s:?}: use qio, qout, dio or dout"
+            )),
+        }
+    }
+}
+
+/// The SPI flash fields of an image header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderFlash {
+    pub mode: ImageFlashMode,
+    /// `spi_size` nibble ([`flash_size_code`]).
+    pub size_code: u8,
 }
 
 /// Where the interesting partitions ended up, for printing and for tests.
@@ -144,11 +186,21 @@ pub fn build_flash_image(spec: &ImageSpec) -> Result<(Vec<u8>, ImageLayout)> {
     }
 
     let size_code = flash_size_code(spec.flash_size)?;
+    let app_flash = HeaderFlash {
+        mode: spec.flash_mode,
+        size_code: flash_size_code(spec.header_flash_size.unwrap_or(spec.flash_size))?,
+    };
     let mut img = vec![0xFFu8; spec.flash_size as usize];
     let mut put =
         |offset: u32, bytes: &[u8]| img[offset as usize..][..bytes.len()].copy_from_slice(bytes);
 
-    put(0, &build_bootloader_image(size_code));
+    put(
+        0,
+        &build_bootloader_image(HeaderFlash {
+            mode: spec.flash_mode,
+            size_code,
+        }),
+    );
     put(PARTITION_TABLE_OFFSET, &table_bin);
 
     let factory = table
@@ -169,7 +221,7 @@ pub fn build_flash_image(spec: &ImageSpec) -> Result<(Vec<u8>, ImageLayout)> {
 
     let running_app = match spec.layout {
         Layout::Factory => {
-            put(factory.offset(), &build_app_image(&spec.app, size_code));
+            put(factory.offset(), &build_app_image(&spec.app, app_flash));
             factory.offset()
         }
         Layout::Ota { slot } => {
@@ -194,9 +246,9 @@ pub fn build_flash_image(spec: &ImageSpec) -> Result<(Vec<u8>, ImageLayout)> {
                 .iter()
                 .find(|p| p.ty() == Type::App && p.offset() != target.offset())
             {
-                put(other.offset(), &build_app_image(&older, size_code));
+                put(other.offset(), &build_app_image(&older, app_flash));
             }
-            put(target.offset(), &build_app_image(&spec.app, size_code));
+            put(target.offset(), &build_app_image(&spec.app, app_flash));
             // Bootloader rule: slot = (seq - 1) % number_of_ota_slots.
             let seq = u32::from(slot) + 1;
             put(otadata.offset(), &otadata_entry(seq));
@@ -242,25 +294,10 @@ pub fn otadata_entry(seq: u32) -> [u8; 32] {
     e
 }
 
-fn cstr<const N: usize>(s: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    let b = s.as_bytes();
-    let n = b.len().min(N - 1);
-    out[..n].copy_from_slice(&b[..n]);
-    out
-}
-
-/// The 256-byte `esp_app_desc_t`.
+/// The 256-byte `esp_app_desc_t`: the descriptor's own fields, plus a stand-in ELF hash
+/// derived from the identity (so builds differ) and the eFuse revision range.
 pub fn app_desc_bytes(d: &AppDescriptor) -> [u8; desc::LEN] {
-    let mut out = [0u8; desc::LEN];
-    out[desc::MAGIC_WORD].copy_from_slice(&desc::MAGIC.to_le_bytes());
-    out[desc::SECURE_VERSION].copy_from_slice(&d.secure_version.to_le_bytes());
-    out[desc::VERSION].copy_from_slice(&cstr::<32>(&d.version));
-    out[desc::PROJECT_NAME].copy_from_slice(&cstr::<32>(&d.project_name));
-    out[desc::TIME].copy_from_slice(&cstr::<16>(&d.time));
-    out[desc::DATE].copy_from_slice(&cstr::<16>(&d.date));
-    out[desc::IDF_VER].copy_from_slice(&cstr::<32>(&d.idf_ver));
-    // app_elf_sha256: a stand-in ELF hash derived from the identity, so builds differ.
+    let mut out = d.to_bytes();
     let elf = Sha256::digest(format!("{}\0{}\0{}", d.project_name, d.version, d.idf_ver));
     out[desc::APP_ELF_SHA256].copy_from_slice(&elf);
     out[0xB0..0xB2].copy_from_slice(&0u16.to_le_bytes()); // min_efuse_blk_rev_full
@@ -271,17 +308,22 @@ pub fn app_desc_bytes(d: &AppDescriptor) -> [u8; desc::LEN] {
 
 /// An image (header, segments, checksum, appended SHA-256) in the format of esptool's
 /// firmware-image-format document.
-fn build_image(segments: &[(u32, Vec<u8>)], entry: u32, size_code: u8) -> Vec<u8> {
+fn build_image(
+    segments: &[(u32, Vec<u8>)],
+    entry: u32,
+    flash: HeaderFlash,
+    chip_id: u16,
+) -> Vec<u8> {
     let mut img = vec![
         IMAGE_MAGIC,
         segments.len() as u8,
-        2,              // spi_mode DIO
-        size_code << 4, // spi_size | spi_speed 0 (40 MHz)
+        flash.mode.code(),    // spi_mode
+        flash.size_code << 4, // spi_size | spi_speed 0 (40 MHz)
     ];
     img.extend_from_slice(&entry.to_le_bytes());
     img.push(0xEE); // wp_pin: disabled
     img.extend_from_slice(&[0, 0, 0]); // spi_pin_drv
-    img.extend_from_slice(&IMAGE_CHIP_ID_ESP32S3.to_le_bytes());
+    img.extend_from_slice(&chip_id.to_le_bytes());
     img.push(0); // min_chip_rev (legacy)
     img.extend_from_slice(&0u16.to_le_bytes()); // min_chip_rev_full v0.0
     img.extend_from_slice(&99u16.to_le_bytes()); // max_chip_rev_full v0.99
@@ -320,7 +362,7 @@ fn filler(seed: &str, len: usize) -> Vec<u8> {
 
 /// An app image: DROM segment starting with `esp_app_desc_t` (so it lands at +0x20), then an
 /// IRAM segment holding the entry point.
-pub fn build_app_image(d: &AppDescriptor, size_code: u8) -> Vec<u8> {
+pub fn build_app_image(d: &AppDescriptor, flash: HeaderFlash) -> Vec<u8> {
     let mut drom = app_desc_bytes(d).to_vec();
     drom.extend(filler(
         &format!("rodata {} {}", d.project_name, d.version),
@@ -330,19 +372,21 @@ pub fn build_app_image(d: &AppDescriptor, size_code: u8) -> Vec<u8> {
     build_image(
         &[(0x3C02_0020, drom), (0x4037_4000, iram)],
         0x4037_4100,
-        size_code,
+        flash,
+        d.chip_id,
     )
 }
 
 /// A small second-stage bootloader image (header, one IRAM and one DRAM segment).
-pub fn build_bootloader_image(size_code: u8) -> Vec<u8> {
+pub fn build_bootloader_image(flash: HeaderFlash) -> Vec<u8> {
     build_image(
         &[
             (0x3FCE_3700, filler("bootloader dram", 0x200)),
             (0x403C_9000, filler("bootloader iram", 0x600)),
         ],
         0x403C_9900,
-        size_code,
+        flash,
+        IMAGE_CHIP_ID_ESP32S3,
     )
 }
 
@@ -411,7 +455,13 @@ mod tests {
 
     #[test]
     fn image_checksum_and_hash_are_valid() {
-        let img = build_app_image(&AppDescriptor::default(), 2);
+        let img = build_app_image(
+            &default_app(),
+            HeaderFlash {
+                mode: ImageFlashMode::Dio,
+                size_code: 2,
+            },
+        );
         let nseg = img[1] as usize;
         let mut pos = 24;
         let mut chk = 0xEFu8;
@@ -435,7 +485,7 @@ mod tests {
             layout: Layout::Ota { slot: 1 },
             app: AppDescriptor {
                 version: "2.3.4".into(),
-                ..Default::default()
+                ..default_app()
             },
             ..Default::default()
         };

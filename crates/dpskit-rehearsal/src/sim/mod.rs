@@ -4,10 +4,13 @@
 //! the bench and the demo start them in-process with [`VirtualBoard::spawn`].
 //!
 //! Layers, one concept each:
-//! - [`slip`] framing; [`protocol`] the sans-IO loader state machine (bytes in, bytes out);
+//! - [`slip`] framing; [`protocol`] the sans-IO chip (bytes in, bytes out): the ROM loader,
+//!   the flasher stub, registers/eFuse/flash, and the ROM timing model;
 //! - [`efuse`] board profiles encoded as eFuse words; [`flash`] NOR flash in memory or in an
 //!   image file; [`image`] the factory flash content (bootloader, partition table, app, otadata);
-//! - [`pty`] the serial line; [`board`] a device on a thread behind a pty.
+//! - [`pty`] the serial line; [`board`] a virtual chip on a thread behind a pty;
+//! - [`qemu`] the same board content on the chip's real ROM (Espressif's QEMU), for tests and
+//!   benchmarks that check the model against the genuine loader.
 //!
 //! Leaving download mode: the ROM answers `FLASH_END` and then leaves the loader (the app
 //! "runs" and the line is silent). A virtual board behaves as if on a jig that holds BOOT low
@@ -23,11 +26,16 @@ pub mod flash;
 pub mod image;
 pub mod protocol;
 pub mod pty;
+pub mod qemu;
 pub mod slip;
 
 pub use board::{spawn_batch, SimBoardConfig, VirtualBoard};
 pub use efuse::{
     ChipKind, EfuseProfile, EmbeddedFlash, FlashVendor, PsramSize, PsramVendor, Revision, Security,
 };
-pub use image::{AppDescriptor, ImageLayout, Layout, DEFAULT_PARTITIONS_CSV};
-pub use protocol::{BoardState, CorruptReply, Faults, ResetBehaviour, Stats};
+pub use image::{
+    default_app, AppDescriptor, ImageFlashMode, ImageLayout, Layout, DEFAULT_PARTITIONS_CSV,
+};
+pub use protocol::{
+    BoardState, ChipProfile, CorruptReply, Faults, ResetBehaviour, Stats, VirtualChip,
+};
