@@ -12,7 +12,6 @@ use dpskit_core::DeviceKey;
 use emulator_support::*;
 use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::{ConnectReturnCode, ConnectionError, QoS, SubscribeReasonCode};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -322,16 +321,6 @@ async fn oversized_qos2_and_foreign_telemetry_drop_only_that_connection() {
         .await;
     events.wait_for(&["telemetry", "still here"]).await;
     emu.shutdown().await;
-}
-
-/// Opens a raw TLS connection (no MQTT client library) to send arbitrary bytes.
-async fn raw_tls(emu: &Emu) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(emu.handle.addr())
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&emu.tls));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,11 +142,22 @@ impl Events {
     }
 }
 
+/// Opens a raw TLS connection (no MQTT client library) to send arbitrary bytes.
+pub async fn raw_tls(emu: &Emu) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(emu.handle.addr())
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&emu.tls));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
 /// What the client event loop reports.
 #[derive(Debug)]
 pub enum Got {
     Publish { topic: String, payload: Vec<u8> },
     SubAck(Vec<SubscribeReasonCode>),
+    UnsubAck,
     PubAck,
     Closed(String),
 }
@@ -207,6 +218,9 @@ pub async fn connect(
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     let _ = tx.send(Got::PubAck);
                 }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                    let _ = tx.send(Got::UnsubAck);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     let _ = tx.send(Got::Closed(e.to_string()));
@@ -235,7 +249,19 @@ impl Mqtt {
             match self.next().await {
                 Got::SubAck(codes) => return codes[0],
                 Got::Closed(e) => panic!("closed while subscribing: {e}"),
-                Got::Publish { .. } | Got::PubAck => {}
+                _ => {}
+            }
+        }
+    }
+
+    /// Unsubscribes and waits for the UNSUBACK (the emulator has applied it by then).
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        self.client.unsubscribe(filter).await.unwrap();
+        loop {
+            match self.next().await {
+                Got::UnsubAck => return,
+                Got::Closed(e) => panic!("closed while unsubscribing: {e}"),
+                _ => {}
             }
         }
     }
@@ -253,7 +279,7 @@ impl Mqtt {
             match self.next().await {
                 Got::Publish { topic, payload } => return (topic, payload),
                 Got::Closed(e) => panic!("connection closed while waiting for a publish: {e}"),
-                Got::SubAck(_) | Got::PubAck => {}
+                _ => {}
             }
         }
     }
