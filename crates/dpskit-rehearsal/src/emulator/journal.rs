@@ -200,3 +200,56 @@ impl Journal {
 pub(crate) fn none() -> Value {
     json!({})
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::emulator::clock::SystemClock;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// A log output that stops reading (a FIFO nobody drains): the journal keeps its backlog,
+    /// drops and counts the rest, and says so once the output reads again.
+    #[test]
+    fn a_blocked_output_drops_and_counts_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("log.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Open the reading end first (without blocking), so the journal can open the writer.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let journal = Journal::start(
+            Sinks {
+                log_json: Some(fifo.clone()),
+                echo_telemetry: false,
+                human: false,
+                backlog: 4,
+            },
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        // Far more than the pipe holds (64 KB) plus the backlog.
+        let filler = "x".repeat(500);
+        for i in 0..2000 {
+            journal.note("warning", "test", &format!("{i} {filler}"), none());
+        }
+        let dropped = journal.dropped();
+        assert!(dropped > 0, "nothing dropped: the output was never behind");
+        // Drain the pipe: the writer catches up and reports the gap.
+        let flags = nix::fcntl::OFlag::empty();
+        use std::os::fd::AsRawFd;
+        nix::fcntl::fcntl(reader.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+        let mut lines = BufReader::new(reader).lines();
+        let report = lines
+            .find(|l| l.as_ref().is_ok_and(|l| l.contains(r#""kind":"dropped""#)))
+            .expect("a dropped event")
+            .unwrap();
+        let v: Value = serde_json::from_str(&report).unwrap();
+        assert!(v["dropped"].as_u64().unwrap() > 0);
+        assert!(v["droppedTotal"].as_u64().unwrap() <= journal.dropped());
+        assert!(v["message"].as_str().unwrap().contains("could not keep up"));
+    }
+}
