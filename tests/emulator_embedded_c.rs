@@ -109,15 +109,7 @@ async fn register_with_an_empty_body_or_without_registration_id_is_accepted() {
         ),
     ] {
         let key = device_key(id);
-        let mut m = dps_connect(
-            &emu.tls,
-            emu.port(),
-            SCOPE,
-            id,
-            &dps_token(&key, SCOPE, id, now() + 3600),
-        )
-        .await
-        .unwrap();
+        let mut m = emu.dps_session(SCOPE, id, &key).await;
         m.publish(REGISTER, body).await;
         let first = dps_answer(&mut m).await;
         assert_eq!(
@@ -151,15 +143,7 @@ async fn register_with_an_empty_body_or_without_registration_id_is_accepted() {
 
     // A registrationId that disagrees with the user name and token is still refused, with why.
     let id = "csdk-other";
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&device_key(id), SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &device_key(id)).await;
     m.publish(REGISTER, br#"{"registrationId":"CSDK-OTHER"}"#.to_vec())
         .await;
     let a = dps_answer(&mut m).await;
@@ -330,15 +314,7 @@ async fn cloud_events_all_shows_what_was_adapted_or_refused() {
     assert!(granted(hub.subscribe(C2D_SUBSCRIBE_TOPIC).await));
     let id = "csdk-events-2";
     let key = device_key(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &key).await;
     m.publish(REGISTER, Vec::new()).await;
     assert_eq!(dps_answer(&mut m).await.status, 202);
     let mut raw = raw_tls(&emu).await;

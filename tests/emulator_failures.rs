@@ -114,15 +114,7 @@ async fn dps_token_failures_are_answered_401_with_the_reason() {
 
     // The payload names another registration ID than the user name.
     let key = device_key(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &key).await;
     let body = DeviceRegistration {
         registration_id: "someone-else".into(),
         payload: None,
@@ -426,15 +418,7 @@ async fn throttling_and_queued_c2d_and_method_to_offline_device() {
     let emu = Emu::start_with(|c| c.groups[0].throttle_first_n = 1).await;
     let id = "dev-throttled";
     let key = device_key(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &key).await;
     send_register(&m, "1", id).await;
     let a = dps_answer(&mut m).await;
     assert_eq!((a.status, a.retry_after), (429, Some(0)));

@@ -34,15 +34,7 @@ async fn register_then_telemetry_c2d_method_and_twin() {
     let key = device_key(id);
 
     // DPS: register → 202 (assigning, operationId, retry-after) → poll → 200 assigned.
-    let mut dps = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut dps = emu.dps_session(SCOPE, id, &key).await;
     send_register(&dps, "r-1", id).await;
     let first = dps_answer(&mut dps).await;
     assert_eq!(

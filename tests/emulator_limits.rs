@@ -238,32 +238,23 @@ async fn five_subscriptions_per_connection_and_32_kb_per_twin_section() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dps_operations_in_progress_are_bounded_and_ids_follow_dps_rules() {
     let emu = Emu::start_with(|c| c.limits.pending_registrations = 2).await;
-    let register_only = |id: &'static str| {
-        let (tls, port) = (emu.tls.clone(), emu.port());
-        async move {
-            let key = device_key(id);
-            let mut m = dps_connect(
-                &tls,
-                port,
-                SCOPE,
-                id,
-                &dps_token(&key, SCOPE, id, now() + 3600),
-            )
-            .await
-            .unwrap();
-            send_register(&m, "1", id).await;
-            (dps_answer(&mut m).await, m)
-        }
-    };
-    let (a, _ma) = register_only("dev-op-1").await;
+    let (a, _ma) = emu
+        .dps_register(SCOPE, "dev-op-1", &device_key("dev-op-1"))
+        .await;
     assert_eq!(a.status, 202);
     // The same device again replaces its operation instead of holding a second one.
-    let (a, _ma2) = register_only("dev-op-1").await;
+    let (a, _ma2) = emu
+        .dps_register(SCOPE, "dev-op-1", &device_key("dev-op-1"))
+        .await;
     assert_eq!(a.status, 202);
     assert_eq!(emu.handle.stats().pending_registrations, 1);
-    let (b, _mb) = register_only("dev-op-2").await;
+    let (b, _mb) = emu
+        .dps_register(SCOPE, "dev-op-2", &device_key("dev-op-2"))
+        .await;
     assert_eq!(b.status, 202);
-    let (c, _mc) = register_only("dev-op-3").await;
+    let (c, _mc) = emu
+        .dps_register(SCOPE, "dev-op-3", &device_key("dev-op-3"))
+        .await;
     assert_eq!((c.status, c.retry_after), (429, Some(0)));
     let message = c.error().message.unwrap();
     assert!(
@@ -277,33 +268,13 @@ async fn dps_operations_in_progress_are_bounded_and_ids_follow_dps_rules() {
         ("dev-1.", "must end with a letter, a digit or '-'"),
     ] {
         let key = device_key(id);
-        let mut m = dps_connect(
-            &emu.tls,
-            emu.port(),
-            SCOPE,
-            id,
-            &dps_token(&key, SCOPE, id, now() + 3600),
-        )
-        .await
-        .unwrap();
-        send_register(&m, "1", id).await;
-        let a = dps_answer(&mut m).await;
+        let (a, _m) = emu.dps_register(SCOPE, id, &key).await;
         assert_eq!(a.status, 400, "{id}");
         let message = a.error().message.unwrap();
         assert!(message.contains(rule), "{message}");
     }
     let long = "d".repeat(129);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        &long,
-        &dps_token(&device_key(&long), SCOPE, &long, now() + 3600),
-    )
-    .await
-    .unwrap();
-    send_register(&m, "1", &long).await;
-    let a = dps_answer(&mut m).await;
+    let (a, _m) = emu.dps_register(SCOPE, &long, &device_key(&long)).await;
     assert!(a.error().message.unwrap().contains("at most 128"));
     emu.shutdown().await;
 }
@@ -329,17 +300,7 @@ async fn one_device_id_in_two_groups_never_takes_over_the_first() {
 
     // The same ID through group B, which assigns to the same hub: 409, nothing changes.
     let key_b = other.derive(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        "0ne00000B0B",
-        id,
-        &dps_token(&key_b, "0ne00000B0B", id, now() + 3600),
-    )
-    .await
-    .unwrap();
-    send_register(&m, "1", id).await;
-    let a = dps_answer(&mut m).await;
+    let (a, _m) = emu.dps_register("0ne00000B0B", id, &key_b).await;
     assert_eq!(a.status, 409);
     let message = a.error().message.unwrap();
     assert!(
@@ -358,17 +319,8 @@ async fn one_device_id_in_two_groups_never_takes_over_the_first() {
 
     // Through group C, which assigns to another hub: a second device of its own.
     let key_c = other.derive(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        "0ne00000C0C",
-        id,
-        &dps_token(&key_c, "0ne00000C0C", id, now() + 3600),
-    )
-    .await
-    .unwrap();
-    send_register(&m, "1", id).await;
-    let op = dps_answer(&mut m).await.status_body().operation_id.unwrap();
+    let (accepted, mut m) = emu.dps_register("0ne00000C0C", id, &key_c).await;
+    let op = accepted.status_body().operation_id.unwrap();
     send_poll(&m, "2", &op).await;
     let done = dps_answer(&mut m).await;
     assert_eq!(done.status, 200);

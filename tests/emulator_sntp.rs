@@ -93,8 +93,10 @@ fn emulate_sntp_flag_serves_time_next_to_dps_and_the_hub() {
         .map_while(Result::ok);
     let server: SocketAddr = lines
         .find_map(|l| {
-            l.split_once("SNTP on udp ")
-                .map(|(_, rest)| rest.split_whitespace().next().unwrap().to_string())
+            l.split_once("SNTP on udp ").map(|(_, rest)| {
+                let addr = rest.split_whitespace().next().unwrap();
+                addr.trim_end_matches(';').to_string()
+            })
         })
         .expect("the SNTP address on stderr")
         .parse()

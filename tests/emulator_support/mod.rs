@@ -111,6 +111,22 @@ impl Emu {
     pub async fn shutdown(self) {
         self.handle.shutdown().await;
     }
+
+    /// A DPS session for `id` in group `scope`, with a token signed by `key` for an hour,
+    /// subscribed to the DPS answers.
+    pub async fn dps_session(&self, scope: &str, id: &str, key: &DeviceKey) -> Mqtt {
+        let token = dps_token(key, scope, id, now() + 3600);
+        dps_connect(&self.tls, self.port(), scope, id, &token)
+            .await
+            .unwrap()
+    }
+
+    /// Sends a register request for `id` and returns DPS's first answer (and the session).
+    pub async fn dps_register(&self, scope: &str, id: &str, key: &DeviceKey) -> (DpsAnswer, Mqtt) {
+        let mut m = self.dps_session(scope, id, key).await;
+        send_register(&m, "1", id).await;
+        (dps_answer(&mut m).await, m)
+    }
 }
 
 /// Events seen so far (JSON lines).
