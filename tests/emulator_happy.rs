@@ -362,19 +362,7 @@ async fn lower_case_escapes_no_skn_and_secondary_key_are_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_2_only_clients_are_served() {
     let emu = Emu::start().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in dpskit_rehearsal::emulator::certs::read_certs(emu.handle.ca_pem_path()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let tls12 = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let tls12 = emu.tls12();
     let id = "dev-tls12";
     let key = device_key(id);
     assert_eq!(register(&tls12, emu.port(), id, &key).await.status, 200);

@@ -112,6 +112,25 @@ impl Emu {
         self.handle.shutdown().await;
     }
 
+    /// A client configuration that speaks only TLS 1.2, as the Python SDK and mbedTLS on the
+    /// ESP32 do. With TLS 1.2 the server finishes the handshake first, so once a client has
+    /// connected the emulator's side is done too.
+    pub fn tls12(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in dpskit_rehearsal::emulator::certs::read_certs(self.handle.ca_pem_path()).unwrap() {
+            roots.add(c).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+
     /// A DPS session for `id` in group `scope`, with a token signed by `key` for an hour,
     /// subscribed to the DPS answers.
     pub async fn dps_session(&self, scope: &str, id: &str, key: &DeviceKey) -> Mqtt {
@@ -160,10 +179,18 @@ impl Events {
 
 /// Opens a raw TLS connection (no MQTT client library) to send arbitrary bytes.
 pub async fn raw_tls(emu: &Emu) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_with(emu, &emu.tls).await
+}
+
+/// [`raw_tls`] with another client configuration.
+pub async fn raw_tls_with(
+    emu: &Emu,
+    config: &Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(emu.handle.addr())
         .await
         .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&emu.tls));
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()
 }

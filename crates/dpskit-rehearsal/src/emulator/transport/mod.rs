@@ -12,7 +12,7 @@ pub(crate) mod conn;
 pub(crate) mod connect;
 pub(crate) mod session;
 
-use super::{journal, Shared};
+use super::{clock, journal, Shared};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,8 +39,11 @@ pub(crate) async fn serve(
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let conn_id = shared.next_id();
+                    // The deadline runs from accept, not from when the task first runs.
+                    let deadline = clock::after(shared.clock.as_ref(), shared.limits.connect_timeout);
                     let (slot, evicted) = Pending::admit(&shared.pending, conn_id);
-                    sessions.spawn(session::run(shared.clone(), acceptor.clone(), tcp, peer, conn_id, slot, evicted));
+                    let pending = session::Pending { conn_id, deadline, slot, evicted };
+                    sessions.spawn(session::run(shared.clone(), acceptor.clone(), tcp, peer, pending));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: wait for sessions to end.

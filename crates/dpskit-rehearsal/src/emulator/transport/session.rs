@@ -57,22 +57,34 @@ enum End {
     Quiet,
 }
 
+/// A connection as accepted: its ID, its deadline to CONNECT (on the emulator's clock), its
+/// place among the pending connections and the signal that it was pushed out.
+pub(crate) struct Pending {
+    pub conn_id: u64,
+    pub deadline: u64,
+    pub slot: PendingSlot,
+    pub evicted: oneshot::Receiver<()>,
+}
+
 /// A connection, from accept to close.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    conn_id: u64,
-    slot: PendingSlot,
-    mut evicted: oneshot::Receiver<()>,
+    pending: Pending,
 ) {
+    let Pending {
+        conn_id,
+        deadline,
+        slot,
+        mut evicted,
+    } = pending;
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
     let _open = shared.counters.open();
     let peer = peer.to_string();
     let clock = shared.clock.clone();
     let limit = shared.limits.connect_timeout;
-    let deadline = clock::after(clock.as_ref(), limit);
     let evicted_text = || {
         format!(
             "closed to make room: {} connections had not finished TLS and CONNECT (the emulator's limit; the oldest goes first)",
