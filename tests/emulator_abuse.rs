@@ -13,7 +13,6 @@ use dpskit_core::topic;
 use dpskit_rehearsal::emulator::{client_config, AdminClient, Stats};
 use emulator_support::*;
 use rumqttc::{QoS, SubscribeFilter, SubscribeReasonCode};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,36 +53,10 @@ impl Drop for Emulator {
 impl Emulator {
     fn start(dir: &Path) -> Emulator {
         let state = dir.join("state");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dpskit"))
-            .args([
-                "emulate",
-                "--quiet",
-                "--bind",
-                "127.0.0.1:0",
-                "--dps-retry-after",
-                "0",
-            ])
-            .args(["--scope", SCOPE, "--state-dir"])
-            .arg(&state)
-            .env("DPSKIT_GROUP_KEY", GROUP_KEY)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (child, lines) = spawn_emulate(&state, &["--dps-retry-after", "0"]);
+        let addr = address_after(&lines, "DPS and IoT Hub on ");
         // Keep reading its log so a full pipe never stalls it (its journal would drop lines).
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some((_, rest)) = line.split_once("DPS and IoT Hub on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
-                }
-            }
-        });
-        let addr = rx.recv().expect("the emulator's address").parse().unwrap();
+        std::thread::spawn(move || while lines.recv().is_ok() {});
         let tls = client_config(&state.join("ca.pem")).unwrap();
         let admin = AdminClient::for_state_dir(&state);
         Emulator {

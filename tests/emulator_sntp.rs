@@ -6,7 +6,6 @@ mod emulator_support;
 use dpskit_rehearsal::emulator::ManualClock;
 use emulator_support::*;
 use sntpc::{NtpContext, NtpResult, StdTimestampGen};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -71,36 +70,8 @@ async fn sntp_answers_come_from_the_emulators_clock() {
 #[test]
 fn emulate_sntp_flag_serves_time_next_to_dps_and_the_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args([
-            "emulate",
-            "--quiet",
-            "--bind",
-            "127.0.0.1:0",
-            "--sntp",
-            "127.0.0.1:0",
-        ])
-        .args(["--scope", SCOPE, "--state-dir"])
-        .arg(dir.path())
-        .env("DPSKIT_GROUP_KEY", GROUP_KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok);
-    let server: SocketAddr = lines
-        .find_map(|l| {
-            l.split_once("SNTP on udp ").map(|(_, rest)| {
-                let addr = rest.split_whitespace().next().unwrap();
-                addr.trim_end_matches(';').to_string()
-            })
-        })
-        .expect("the SNTP address on stderr")
-        .parse()
-        .unwrap();
+    let (mut child, lines) = spawn_emulate(dir.path(), &["--sntp", "127.0.0.1:0"]);
+    let server = address_after(&lines, "SNTP on udp ");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = rt.block_on(ask(server));
     let _ = child.kill();

@@ -177,6 +177,58 @@ impl Events {
     }
 }
 
+/// The real `dpskit emulate` for the test group on `127.0.0.1:0`, quiet, with `args` added;
+/// its stderr is read on a thread (so a full pipe never stalls it) and handed over line by
+/// line.
+pub fn spawn_emulate(
+    state_dir: &Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dpskit"))
+        .args([
+            "emulate",
+            "--quiet",
+            "--bind",
+            "127.0.0.1:0",
+            "--scope",
+            SCOPE,
+        ])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("DPSKIT_GROUP_KEY", GROUP_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// The address after `marker` in the first of `lines` that has it (`…; ` trimmed).
+pub fn address_after(
+    lines: &std::sync::mpsc::Receiver<String>,
+    marker: &str,
+) -> std::net::SocketAddr {
+    loop {
+        let line = lines.recv().expect("the emulator's log");
+        if let Some((_, rest)) = line.split_once(marker) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            return addr.trim_end_matches(';').parse().unwrap();
+        }
+    }
+}
+
 /// Opens a raw TLS connection (no MQTT client library) to send arbitrary bytes.
 pub async fn raw_tls(emu: &Emu) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     raw_tls_with(emu, &emu.tls).await
