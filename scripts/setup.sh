@@ -5,3 +5,8 @@ cd "$(dirname "$0")/.."
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add riscv32imac-unknown-none-elf >/dev/null
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+# The Python SDK test takes a network namespace of its own when run as root (the SDK only
+# uses port 8883): `unshare` (util-linux) makes it, `ip` (iproute2) brings its loopback up.
+if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+fi

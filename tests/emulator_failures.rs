@@ -12,7 +12,6 @@ use dpskit_core::DeviceKey;
 use emulator_support::*;
 use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::{ConnectReturnCode, ConnectionError, QoS, SubscribeReasonCode};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -115,15 +114,7 @@ async fn dps_token_failures_are_answered_401_with_the_reason() {
 
     // The payload names another registration ID than the user name.
     let key = device_key(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &key).await;
     let body = DeviceRegistration {
         registration_id: "someone-else".into(),
         payload: None,
@@ -324,16 +315,6 @@ async fn oversized_qos2_and_foreign_telemetry_drop_only_that_connection() {
     emu.shutdown().await;
 }
 
-/// Opens a raw TLS connection (no MQTT client library) to send arbitrary bytes.
-async fn raw_tls(emu: &Emu) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(emu.handle.addr())
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&emu.tls));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packets_drop_that_connection_while_others_keep_working() {
     let emu = Emu::start().await;
@@ -437,15 +418,7 @@ async fn throttling_and_queued_c2d_and_method_to_offline_device() {
     let emu = Emu::start_with(|c| c.groups[0].throttle_first_n = 1).await;
     let id = "dev-throttled";
     let key = device_key(id);
-    let mut m = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut m = emu.dps_session(SCOPE, id, &key).await;
     send_register(&m, "1", id).await;
     let a = dps_answer(&mut m).await;
     assert_eq!((a.status, a.retry_after), (429, Some(0)));

@@ -12,6 +12,7 @@ use dpskit_core::mqtt::dps_username;
 use dpskit_core::sas::dps_resource;
 use dpskit_core::topic::{self, DeviceTopic, ServiceTopic};
 use dpskit_core::SasToken;
+use dpskit_rehearsal::emulator::ManualClock;
 use emulator_support::*;
 use rumqttc::SubscribeReasonCode;
 use serde_json::{json, Value};
@@ -20,21 +21,20 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_then_telemetry_c2d_method_and_twin() {
-    let emu = Emu::start_with(|c| c.dps.retry_after_secs = 1).await;
+    // DPS takes 1 s to assign, on the emulator's clock, which the test moves.
+    let clock = ManualClock::starting_now();
+    let emu = Emu::start_with(|c| {
+        c.dps.retry_after_secs = 1;
+        c.dps.assign_delay_ms = 1000;
+        c.clock = clock.clone();
+    })
+    .await;
     let events = emu.record_events();
     let id = "dev-happy-1";
     let key = device_key(id);
 
     // DPS: register → 202 (assigning, operationId, retry-after) → poll → 200 assigned.
-    let mut dps = dps_connect(
-        &emu.tls,
-        emu.port(),
-        SCOPE,
-        id,
-        &dps_token(&key, SCOPE, id, now() + 3600),
-    )
-    .await
-    .unwrap();
+    let mut dps = emu.dps_session(SCOPE, id, &key).await;
     send_register(&dps, "r-1", id).await;
     let first = dps_answer(&mut dps).await;
     assert_eq!(
@@ -44,7 +44,15 @@ async fn register_then_telemetry_c2d_method_and_twin() {
     let s = first.status_body();
     assert_eq!(s.status, Some(RegistrationStatus::Assigning));
     let op = s.operation_id.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Polled too early: still assigning, with retry-after again.
+    send_poll(&dps, "r-early", &op).await;
+    let early = dps_answer(&mut dps).await;
+    assert_eq!((early.status, early.retry_after), (202, Some(1)));
+    assert_eq!(
+        early.status_body().status,
+        Some(RegistrationStatus::Assigning)
+    );
+    clock.advance(Duration::from_secs(1));
     send_poll(&dps, "r-2", &op).await;
     let done = dps_answer(&mut dps).await;
     assert_eq!(done.status, 200);
@@ -354,19 +362,7 @@ async fn lower_case_escapes_no_skn_and_secondary_key_are_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_2_only_clients_are_served() {
     let emu = Emu::start().await;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in dpskit_rehearsal::emulator::certs::read_certs(emu.handle.ca_pem_path()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let tls12 = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let tls12 = emu.tls12();
     let id = "dev-tls12";
     let key = device_key(id);
     assert_eq!(register(&tls12, emu.port(), id, &key).await.status, 200);

@@ -447,3 +447,71 @@ mod hmac_free {
             .into()
     }
 }
+
+/// `sas inspect` runs the emulator's diagnosis: given the group key, a bad signature is
+/// explained by the mistake that made it, not just "INVALID".
+#[test]
+fn sas_inspect_explains_a_bad_signature_with_the_group_key() {
+    use base64::Engine;
+    use dpskit_core::sas::dps_resource;
+    use dpskit_core::{GroupKey, SasToken};
+    let group = GroupKey::parse(V1_GROUP, "g").unwrap();
+    let se = 4_102_444_800; // 2100-01-01
+                            // Signed with the group key itself, as a device flashed with the wrong key does.
+    let sr = dpskit_core::topic::encode_component(&dps_resource("0ne00000000", V1_ID));
+    let sig = base64::engine::general_purpose::STANDARD.encode(
+        group
+            .derive_bytes(format!("{sr}\n{se}").as_bytes())
+            .as_bytes(),
+    );
+    let token = format!(
+        "SharedAccessSignature sr={sr}&sig={}&se={se}&skn=registration",
+        dpskit_core::topic::encode_component(&sig)
+    );
+    with_key(V1_GROUP)
+        .args(["sas", "inspect", &token])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "INVALID for the key derived from the group key: signed with the enrollment group primary key itself",
+        ));
+    // A key derived from the ID plus a newline (`echo` without -n), from standard input.
+    let newline = group.derive(&format!("{V1_ID}\n"));
+    let token = SasToken::generate(&newline, &dps_resource("0ne00000000", V1_ID), se, None);
+    with_key(V1_GROUP)
+        .args(["sas", "inspect", "-"])
+        .write_stdin(token.to_string())
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("trailing newline"));
+    // The right key: valid, exit 0.
+    let good = SasToken::generate(
+        &group.derive(V1_ID),
+        &dps_resource("0ne00000000", V1_ID),
+        se,
+        None,
+    );
+    with_key(V1_GROUP)
+        .args(["sas", "inspect", &good.to_string()])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "valid for the key derived from the group key",
+        ));
+    // The group key pasted where the token belongs is recognised, and never echoed.
+    with_key(V1_GROUP)
+        .args(["sas", "inspect", "-"])
+        .write_stdin(V1_GROUP)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("enrollment group key itself"))
+        .stderr(predicate::str::contains(&V1_GROUP[..12]).not());
+    // Both read standard input: refused before reading either.
+    let dir = TempDir::new().unwrap();
+    dpskit()
+        .args(["sas", "inspect", "-", "--group-key-stdin"])
+        .current_dir(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("both read standard input"));
+}

@@ -71,6 +71,11 @@ pub struct EmulateArgs {
     /// Do not print telemetry on stdout (the event stream and --log-json still get it).
     #[arg(long)]
     pub quiet: bool,
+    /// Also answer SNTP on this UDP address (e.g. 127.0.0.1:123, or 0.0.0.0:123 for boards on
+    /// the bench; port 123 needs privileges), with the emulator's clock: then a device's whole
+    /// environment is this one command (config build --ntp-server <this PC>).
+    #[arg(long, value_name = "ADDR")]
+    pub sntp: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,10 +104,20 @@ pub struct EventsArgs {
     pub count: Option<u64>,
 }
 
+/// Which hub's device, when two groups put devices with one ID into different hubs.
+#[derive(Args, Debug, Clone)]
+pub struct HubArg {
+    /// The device's hub host (only needed when two hubs have a device with this ID).
+    #[arg(long, value_name = "HOST")]
+    pub hub: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct SendC2dArgs {
     #[command(flatten)]
     pub state: StateDirArg,
+    #[command(flatten)]
+    pub hub: HubArg,
     pub device: String,
     pub message: String,
     /// Application property `key=value` (or a bare `key` for a null value); repeatable.
@@ -114,6 +129,8 @@ pub struct SendC2dArgs {
 pub struct InvokeArgs {
     #[command(flatten)]
     pub state: StateDirArg,
+    #[command(flatten)]
+    pub hub: HubArg,
     pub device: String,
     pub method: String,
     /// JSON payload (default null); quote a plain string as '"text"'.
@@ -127,6 +144,8 @@ pub struct InvokeArgs {
 pub struct TwinArgs {
     #[command(flatten)]
     pub state: StateDirArg,
+    #[command(flatten)]
+    pub hub: HubArg,
     pub device: String,
     /// JSON object merged into the desired properties (null deletes a key).
     #[arg(long, value_name = "JSON")]
@@ -168,18 +187,10 @@ pub fn emulator_config(a: &EmulateArgs) -> Result<EmulatorConfig> {
             g
         })
         .collect::<Vec<_>>();
-    let mut sans = a.sans.clone();
-    for g in &groups {
-        if !emulator::certs::DEFAULT_SANS.contains(&g.hub_host.as_str())
-            && !sans.contains(&g.hub_host)
-        {
-            // The hub host goes in the certificate, or devices could not verify the hub.
-            sans.push(g.hub_host.clone());
-        }
-    }
     let mut c = EmulatorConfig::new(a.state.resolve(), groups);
     c.bind = a.bind;
-    c.extra_sans = sans;
+    c.extra_sans = a.sans.clone();
+    c.sntp = a.sntp;
     c.log_json = a.log_json.clone();
     c.echo_telemetry = !a.quiet;
     c.dps = DpsSettings {
@@ -203,6 +214,9 @@ pub fn emulate(a: EmulateArgs) -> Result<()> {
             "dpskit emulate: devices trust it with `dpskit config build --root-ca emulator`; DPS and IoT Hub on {} (Ctrl-C stops)",
             handle.addr()
         );
+        if let Some(sntp) = handle.sntp_addr() {
+            eprintln!("dpskit emulate: SNTP on udp {sntp} (boards: config build --ntp-server <this PC>)");
+        }
         super::ctrl_c().await?;
         handle.shutdown().await;
         Ok(())
@@ -243,7 +257,8 @@ fn events(a: EventsArgs) -> Result<()> {
             seen += 1;
             limit.is_none_or(|n| seen < n)
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// `k=v` → (k, Some(v)); a bare `k` → (k, None).
@@ -264,7 +279,7 @@ fn send_c2d(a: SendC2dArgs) -> Result<()> {
         .iter()
         .map(|p| parse_property(p))
         .collect::<Result<Vec<_>>>()?;
-    let r = client(&a.state).send_c2d(&a.device, &a.message, &props)?;
+    let r = client(&a.state).send_c2d_in(a.hub.hub.as_deref(), &a.device, &a.message, &props)?;
     print_json(&r)
 }
 
@@ -274,7 +289,8 @@ fn invoke(a: InvokeArgs) -> Result<()> {
         Some(p) => serde_json::from_str(p)
             .with_context(|| format!("PAYLOAD {p:?}: not JSON; direct-method payloads are JSON (quote a string: '\"{p}\"')"))?,
     };
-    let outcome = client(&a.state).invoke(
+    let outcome = client(&a.state).invoke_in(
+        a.hub.hub.as_deref(),
         &a.device,
         &a.method,
         payload,
@@ -296,7 +312,7 @@ fn twin(a: TwinArgs) -> Result<()> {
             Some(v)
         }
     };
-    print_json(&client(&a.state).twin(&a.device, desired)?)
+    print_json(&client(&a.state).twin_in(a.hub.hub.as_deref(), &a.device, desired)?)
 }
 
 fn devices(a: DevicesArgs) -> Result<()> {

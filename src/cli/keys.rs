@@ -7,6 +7,7 @@ use dpskit_core::sas::{dps_resource, hub_resource, human_duration, SasToken};
 use dpskit_core::{DeviceKey, GroupKey, IdScope, RegistrationId};
 use dpskit_factory::error::CheckFailed;
 use dpskit_factory::files::write_private_file;
+use dpskit_factory::keys::token::{self, Signer, TokenProblem};
 use dpskit_factory::keys::{self, batch, verify};
 use std::io::Write;
 use std::path::PathBuf;
@@ -115,6 +116,10 @@ pub struct SasInspectArgs {
     /// File holding the device key, to check the signature.
     #[arg(long, value_name = "FILE")]
     pub device_key_file: Option<PathBuf>,
+    /// Or the group key: the device key is derived for the token's ID, and a bad signature is
+    /// explained (group key used directly, ID spelled differently, sr encoded differently).
+    #[command(flatten)]
+    pub group_key: GroupKeyArgs,
 }
 
 pub fn derive(a: DeriveArgs) -> Result<()> {
@@ -278,6 +283,23 @@ fn signing_key(a: &SigningKeyArgs, id: &str) -> Result<DeviceKey> {
 }
 
 fn inspect(a: SasInspectArgs) -> Result<()> {
+    if a.token == "-" && a.group_key.group_key_stdin {
+        bail!("TOKEN '-' and --group-key-stdin both read standard input; give the group key with --group-key-file or DPSKIT_GROUP_KEY");
+    }
+    let device_key = match (&a.device_key_file, a.group_key.is_given()) {
+        (Some(_), true) => bail!(
+            "signing key: both --device-key-file and a group key given; use one (DPSKIT_GROUP_KEY counts as given)"
+        ),
+        (Some(path), false) => Some(DeviceKey::parse(
+            &read_secret_file(path, "--device-key-file")?,
+            "device key (--device-key-file)",
+        )?),
+        (None, _) => None,
+    };
+    let group_key = match a.group_key.is_given() {
+        true => Some(a.group_key.read()?),
+        false => None,
+    };
     let text = if a.token == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
@@ -285,56 +307,59 @@ fn inspect(a: SasInspectArgs) -> Result<()> {
     } else {
         a.token.clone()
     };
-    let token = SasToken::parse(text.trim()).map_err(|e| {
-        match dpskit_core::sas::not_a_token("TOKEN", text.trim(), &[], &e) {
-            // Keep the parser's own words when the text is no key either.
-            why if why.starts_with("TOKEN is not a SAS token") => anyhow::anyhow!("{e}"),
-            why => anyhow::anyhow!("{why}"),
-        }
-    })?;
-    let resource = token.resource().unwrap_or_default();
-    let kind = if resource.contains("/registrations/") {
-        "DPS registration"
-    } else if resource.contains("/devices/") {
-        "IoT Hub device"
-    } else {
-        "unknown resource"
+    let signer = match (&device_key, &group_key) {
+        (Some(k), _) => Some(Signer::Device(k)),
+        (None, Some(g)) => Some(Signer::Group {
+            primary: g,
+            secondary: None,
+        }),
+        (None, None) => None,
     };
-    println!("resource (sr): {resource}  [{kind}]");
-    println!("sr as sent:    {}", token.sr_encoded);
-    let left = token.seconds_left(now());
-    let when = utc(token.expiry);
-    if left >= 0 {
-        println!("expires (se):  {when} (in {})", human_duration(left as u64));
-    } else {
-        println!(
+    let found = token::inspect(&text, signer, now()).map_err(|e| match e {
+        // The parser's own words when the text is no key either.
+        TokenProblem::Malformed { error, .. } => anyhow::anyhow!("{error}"),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    let kind = match &found.audience {
+        Some(token::Audience::Dps { .. }) => "DPS registration",
+        Some(token::Audience::Hub { .. }) => "IoT Hub device",
+        None => "unknown resource",
+    };
+    let t = &found.token;
+    println!("resource (sr): {}  [{kind}]", found.resource);
+    println!("sr as sent:    {}", t.sr_encoded);
+    let when = utc(t.expiry);
+    match &found.expired {
+        Some(e) => println!(
             "expires (se):  {when} (EXPIRED {} ago)",
-            human_duration((-left) as u64)
-        );
+            human_duration(e.now - e.expiry)
+        ),
+        None => println!(
+            "expires (se):  {when} (in {})",
+            human_duration(t.expiry - now().min(t.expiry))
+        ),
     }
-    println!(
-        "policy (skn):  {}",
-        token.skn.as_deref().unwrap_or("(none)")
-    );
-    let mut problems = Vec::new();
-    if left < 0 {
-        problems.push("token expired".to_string());
+    println!("policy (skn):  {}", t.skn.as_deref().unwrap_or("(none)"));
+    let whose = if device_key.is_some() {
+        "the given device key"
+    } else {
+        "the key derived from the group key"
+    };
+    match &found.signature {
+        None => {}
+        Some(Ok(_)) => println!("signature:     valid for {whose}"),
+        Some(Err(why)) => match &device_key {
+            Some(k) => println!(
+                "signature:     INVALID for {whose} (key {}): {why}",
+                k.masked()
+            ),
+            None => println!("signature:     INVALID for {whose}: {why}"),
+        },
     }
-    if let Some(path) = &a.device_key_file {
-        let key = DeviceKey::parse(
-            &read_secret_file(path, "--device-key-file")?,
-            "device key (--device-key-file)",
-        )?;
-        if token.verify(&key) {
-            println!("signature:     valid for the given device key");
-        } else {
-            println!(
-                "signature:     INVALID for the given device key (key {})",
-                key.masked()
-            );
-            problems.push("signature does not match the device key".to_string());
-        }
+    for w in &found.warnings {
+        println!("warning:       {w}");
     }
+    let problems = found.problems();
     if !problems.is_empty() {
         return Err(CheckFailed(problems.join("; ")).into());
     }

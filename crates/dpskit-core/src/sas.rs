@@ -162,26 +162,6 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// Explains text that should have been a SAS token but does not parse as one: the group key
-/// itself (one of `group_keys`), a bare device key, or what is wrong with it. The one
-/// diagnosis for the emulator (a CONNECT password) and `dpskit sas inspect`; `what` names the
-/// text in the caller's words ("the password").
-pub fn not_a_token(
-    what: &str,
-    text: &str,
-    group_keys: &[&crate::key::GroupKey],
-    parse_error: &SasError,
-) -> String {
-    let key_text = crate::key::clean_key_text(text);
-    if group_keys.iter().any(|g| key_text == g.to_base64()) {
-        return format!("{what} is the enrollment group key itself; the device must hold the derived key (`dpskit derive`) and send a SAS token signed with it");
-    }
-    if DeviceKey::parse(key_text, "key").is_ok() {
-        return format!("{what} is a bare key; send a SAS token (SharedAccessSignature sr=…&sig=…&se=…) signed with it");
-    }
-    format!("{what} is not a SAS token: {parse_error}")
-}
-
 fn signature(key: &DeviceKey, sr_encoded: &str, expiry: u64) -> String {
     let to_sign = format!("{sr_encoded}\n{expiry}");
     B64.encode(key.sign(to_sign.as_bytes()))

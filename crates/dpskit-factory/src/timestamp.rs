@@ -17,10 +17,17 @@ pub fn now_rfc3339() -> String {
 
 /// UTC now with milliseconds (`2024-05-01T12:00:00.123Z`), as DPS and IoT Hub timestamps.
 pub fn now_rfc3339_millis() -> String {
+    rfc3339_millis(OffsetDateTime::now_utc())
+}
+
+/// `t` in UTC with milliseconds, the form of [`now_rfc3339_millis`] (for a clock of one's own).
+pub fn rfc3339_millis(t: OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    OffsetDateTime::now_utc().format(&fmt).unwrap_or_default()
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
 }
 
 /// A Unix time for people: `YYYY-MM-DD HH:MM:SS UTC`.

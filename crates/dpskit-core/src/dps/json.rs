@@ -25,6 +25,9 @@ pub enum RegistrationStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistration {
+    /// Empty when the body has none: DPS takes the ID from the user name and the token, and
+    /// Microsoft's embedded C SDK sends no body at all.
+    #[serde(default)]
     pub registration_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
@@ -35,8 +38,14 @@ impl DeviceRegistration {
         to_json(self)
     }
 
-    /// Parses a register body (emulator side).
+    /// Parses a register body (emulator side); an empty body is one without fields.
     pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        if crate::topic::is_empty_body(body) {
+            return Ok(DeviceRegistration {
+                registration_id: String::new(),
+                payload: None,
+            });
+        }
         serde_json::from_slice(body)
     }
 }

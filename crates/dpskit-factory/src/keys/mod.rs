@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod source;
+pub mod token;
 pub mod verify;
 
 pub use source::{KeySource, SourceError, GROUP_KEY_ENV};

@@ -10,8 +10,7 @@
 //!
 //! Keys are written 0600; the CA certificate 0644 (it is public and goes on devices).
 
-use anyhow::{anyhow, bail, Context, Result};
-use dpskit_factory::files::{write_file, write_private_file};
+use dpskit_factory::files::{write_file, write_private_file, WriteError};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -36,6 +35,64 @@ const LEAF_LIFETIME_DAYS: i64 = 365;
 /// Re-issue the leaf when it has less than this left.
 const LEAF_RENEW_DAYS: i64 = 30;
 
+/// Why the TLS identity could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("--state-dir: cannot create {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{}: not a usable key ({detail}); delete {} and {} to make a new CA (boards must then be re-flashed with the new CA)", path.display(), path.display(), ca_cert.display())]
+    CaKey {
+        path: PathBuf,
+        ca_cert: PathBuf,
+        detail: String,
+    },
+    #[error("{}: the CA certificate and its key ({CA_CERT_FILE}, {CA_KEY_FILE}) must both exist or both be absent; restore the missing one or delete both to make a new CA", .0.display())]
+    HalfCa(PathBuf),
+    #[error("--san {name:?}: {detail}; give a host name or an IP address")]
+    San { name: String, detail: String },
+    #[error("{}: {detail}", path.display())]
+    Pem { path: PathBuf, detail: String },
+    #[error("cannot make the {what}: {detail}")]
+    Generate { what: &'static str, detail: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+type Result<T> = std::result::Result<T, CertError>;
+
+fn generate(what: &'static str) -> impl Fn(rcgen::Error) -> CertError {
+    move |e| CertError::Generate {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// The names the server certificate carries: [`DEFAULT_SANS`], the extra `--san` names, and
+/// every hub host the groups assign devices to (or devices could not verify the hub), each
+/// once, case-insensitively.
+pub fn server_names<'a>(
+    extra_sans: &'a [String],
+    hub_hosts: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut sans: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+    for s in extra_sans.iter().map(String::as_str).chain(hub_hosts) {
+        if !sans.iter().any(|have| have.eq_ignore_ascii_case(s)) {
+            sans.push(s.to_string());
+        }
+    }
+    sans
+}
+
 /// The CA certificate (PEM) of the emulator whose state lives in `state_dir`; what devices
 /// must trust. The file exists once `dpskit emulate` has run with that state directory.
 pub fn ca_path(state_dir: &Path) -> PathBuf {
@@ -57,46 +114,39 @@ pub struct ServerIdentity {
 /// Loads the CA and server certificate from `state_dir`, creating what is missing.
 /// `extra_sans` are added to [`DEFAULT_SANS`].
 pub fn load_or_create(state_dir: &Path, extra_sans: &[String]) -> Result<ServerIdentity> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("--state-dir: cannot create {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).map_err(|source| CertError::StateDir {
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
     let now = OffsetDateTime::now_utc();
     let ca_cert = state_dir.join(CA_CERT_FILE);
     let ca_key_path = state_dir.join(CA_KEY_FILE);
     let (ca_key, created_ca) = match (ca_cert.exists(), ca_key_path.exists()) {
         (true, true) => {
-            let pem = std::fs::read_to_string(&ca_key_path)
-                .with_context(|| format!("cannot read {}", ca_key_path.display()))?;
-            let key = KeyPair::from_pem(&pem).map_err(|e| {
-                anyhow!(
-                    "{}: not a usable key ({e}); delete {} and {} to make a new CA (boards must then be re-flashed with the new CA)",
-                    ca_key_path.display(),
-                    ca_key_path.display(),
-                    ca_cert.display()
-                )
+            let pem = std::fs::read_to_string(&ca_key_path).map_err(|source| CertError::Read {
+                path: ca_key_path.clone(),
+                source,
+            })?;
+            let key = KeyPair::from_pem(&pem).map_err(|e| CertError::CaKey {
+                path: ca_key_path.clone(),
+                ca_cert: ca_cert.clone(),
+                detail: e.to_string(),
             })?;
             (key, false)
         }
         (false, false) => {
-            let key = KeyPair::generate().context("cannot generate the CA key")?;
+            let key = KeyPair::generate().map_err(generate("CA key"))?;
             let cert = ca_params(now)
                 .self_signed(&key)
-                .context("cannot create the CA certificate")?;
+                .map_err(generate("CA certificate"))?;
             write_private_file(&ca_key_path, key.serialize_pem().as_bytes())?;
             write_file(&ca_cert, cert.pem().as_bytes(), 0o644)?;
             (key, true)
         }
-        _ => bail!(
-            "{}: the CA certificate and its key ({CA_CERT_FILE}, {CA_KEY_FILE}) must both exist or both be absent; restore the missing one or delete both to make a new CA",
-            state_dir.display()
-        ),
+        _ => return Err(CertError::HalfCa(state_dir.to_path_buf())),
     };
 
-    let mut sans: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
-    for s in extra_sans {
-        if !sans.iter().any(|have| have.eq_ignore_ascii_case(s)) {
-            sans.push(s.clone());
-        }
-    }
+    let sans = server_names(extra_sans, []);
     let server_cert = state_dir.join(SERVER_CERT_FILE);
     let server_key = state_dir.join(SERVER_KEY_FILE);
     let reusable = !created_ca
@@ -104,10 +154,10 @@ pub fn load_or_create(state_dir: &Path, extra_sans: &[String]) -> Result<ServerI
         && leaf_still_fits(&server_cert, &sans, now).unwrap_or(false);
     if !reusable {
         let issuer = Issuer::new(ca_params(now), &ca_key);
-        let key = KeyPair::generate().context("cannot generate the server key")?;
+        let key = KeyPair::generate().map_err(generate("server key"))?;
         let cert = leaf_params(&sans, now)?
             .signed_by(&key, &issuer)
-            .context("cannot sign the server certificate")?;
+            .map_err(generate("server certificate"))?;
         write_private_file(&server_key, key.serialize_pem().as_bytes())?;
         write_file(&server_cert, cert.pem().as_bytes(), 0o644)?;
     }
@@ -136,8 +186,10 @@ fn ca_params(now: OffsetDateTime) -> CertificateParams {
 }
 
 fn leaf_params(sans: &[String], now: OffsetDateTime) -> Result<CertificateParams> {
-    let mut p = CertificateParams::new(sans.to_vec())
-        .map_err(|e| anyhow!("--san: {e}; give a host name or an IP address"))?;
+    let mut p = CertificateParams::new(sans.to_vec()).map_err(|e| CertError::San {
+        name: sans.join(", "),
+        detail: e.to_string(),
+    })?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, sans[0].as_str());
     p.distinguished_name = dn;
@@ -150,15 +202,15 @@ fn leaf_params(sans: &[String], now: OffsetDateTime) -> Result<CertificateParams
 }
 
 /// True when the stored leaf names every SAN in `sans` and is not close to expiry.
-fn leaf_still_fits(path: &Path, sans: &[String], now: OffsetDateTime) -> Result<bool> {
+fn leaf_still_fits(path: &Path, sans: &[String], now: OffsetDateTime) -> Option<bool> {
     use x509_parser::extensions::GeneralName;
-    let pem = std::fs::read(path)?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| anyhow!("{e}"))?;
-    let cert = pem.parse_x509().map_err(|e| anyhow!("{e}"))?;
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
     if cert.validity().not_after.timestamp()
         < (now + Duration::days(LEAF_RENEW_DAYS)).unix_timestamp()
     {
-        return Ok(false);
+        return Some(false);
     }
     let mut have: Vec<String> = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
@@ -176,7 +228,7 @@ fn leaf_still_fits(path: &Path, sans: &[String], now: OffsetDateTime) -> Result<
             }
         }
     }
-    Ok(sans.iter().all(|s| {
+    Some(sans.iter().all(|s| {
         let s = s.to_ascii_lowercase();
         have.contains(&s)
     }))
@@ -190,30 +242,48 @@ pub fn server_config(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConf
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .context("TLS: protocol versions")?
+        .map_err(|e| CertError::Tls(format!("protocol versions: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("TLS: the server certificate does not match its key")?;
+        .map_err(|e| {
+            CertError::Tls(format!(
+                "the server certificate does not match its key ({e})"
+            ))
+        })?;
     Ok(Arc::new(config))
 }
 
 /// Reads every certificate of a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = read(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .with_context(|| format!("{}: not a PEM certificate file", path.display()))?;
+        .map_err(|_| pem_error(path, "not a PEM certificate file"))?;
     if certs.is_empty() {
-        bail!("{}: no certificate in it", path.display());
+        return Err(pem_error(path, "no certificate in it"));
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("{}: not a PEM key", path.display()))?
-        .with_context(|| format!("{}: no private key in it", path.display()))
+        .map_err(|_| pem_error(path, "not a PEM key"))?
+        .ok_or_else(|| pem_error(path, "no private key in it"))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(path: &Path, detail: &str) -> CertError {
+    CertError::Pem {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
 }
 
 /// A rustls client configuration that trusts only the CA in `ca_pem` (TLS 1.2 and 1.3);
@@ -223,12 +293,12 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
     for cert in read_certs(ca_pem)? {
         roots
             .add(cert)
-            .with_context(|| format!("{}: not a usable CA certificate", ca_pem.display()))?;
+            .map_err(|_| pem_error(ca_pem, "not a usable CA certificate"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .context("TLS: protocol versions")?
+        .map_err(|e| CertError::Tls(format!("protocol versions: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -267,6 +337,13 @@ mod tests {
             OffsetDateTime::now_utc()
         )
         .unwrap());
+        assert_eq!(
+            server_names(
+                &["EMU.local".into(), "localhost".into()],
+                ["emu.local", "hub.lan"]
+            ),
+            ["localhost", "127.0.0.1", "EMU.local", "hub.lan"]
+        );
         server_config(&third).unwrap();
         client_config(&third.ca_cert).unwrap();
     }

@@ -2,12 +2,11 @@
 //! address and with the token in the emulator's `admin.json`.
 //! Use it from threads (or `spawn_blocking`), not directly inside an async task.
 
-use super::admin::{
-    AdminEndpoint, AdminRequest, AdminResponse, Envelope, DEFAULT_METHOD_TIMEOUT_SECS,
+use super::{
+    AdminEndpoint, AdminError, AdminRequest, AdminResponse, Envelope, DEFAULT_METHOD_TIMEOUT_SECS,
 };
-use super::hub::MethodOutcome;
-use super::Stats;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::emulator::hub::MethodOutcome;
+use crate::emulator::Stats;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -23,20 +22,11 @@ pub struct AdminClient {
     endpoint: Option<AdminEndpoint>,
 }
 
-/// A failure the emulator reported (as opposed to not reaching it).
-#[derive(Debug)]
-pub struct ServiceError {
-    pub status: u16,
-    pub message: String,
-}
+type Result<T> = std::result::Result<T, AdminError>;
 
-impl std::fmt::Display for ServiceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (status {})", self.message, self.status)
-    }
+fn connection(what: &str) -> impl Fn(std::io::Error) -> AdminError + '_ {
+    move |e| AdminError::Connection(format!("{what} failed: {e}"))
 }
-
-impl std::error::Error for ServiceError {}
 
 impl AdminClient {
     /// The client for the emulator whose admin file is `file`.
@@ -49,7 +39,7 @@ impl AdminClient {
 
     /// The client for the emulator using `state_dir`.
     pub fn for_state_dir(state_dir: &Path) -> Self {
-        AdminClient::new(&super::admin_file_path(state_dir))
+        AdminClient::new(&crate::emulator::admin_file_path(state_dir))
     }
 
     pub(crate) fn from_endpoint(endpoint: AdminEndpoint) -> Self {
@@ -67,58 +57,55 @@ impl AdminClient {
     }
 
     fn open(&self, request: &AdminRequest) -> Result<BufReader<TcpStream>> {
-        let not_running = |e: &dyn std::fmt::Display| {
-            anyhow!(
-                "no emulator answers on {} ({e}); start one with `dpskit emulate`, or give the same --state-dir it uses",
-                self.file.display()
-            )
-        };
         let endpoint = match &self.endpoint {
             Some(e) => e.clone(),
-            None => AdminEndpoint::read(&self.file).map_err(|e| not_running(&e))?,
+            None => AdminEndpoint::read(&self.file)?,
         };
-        let mut s = TcpStream::connect(endpoint.address).map_err(|e| not_running(&e))?;
+        let mut s = TcpStream::connect(endpoint.address).map_err(|e| AdminError::NotRunning {
+            path: self.file.clone(),
+            detail: e.to_string(),
+        })?;
         let mut line = serde_json::to_string(&Envelope {
             token: endpoint.token,
             request,
-        })?;
+        })
+        .unwrap_or_default();
         line.push('\n');
-        s.write_all(line.as_bytes())
-            .context("admin connection: write failed")?;
+        s.write_all(line.as_bytes()).map_err(connection("write"))?;
         Ok(BufReader::new(s))
     }
 
-    /// Sends one request and returns its `result`; a refusal becomes a [`ServiceError`].
+    /// Sends one request and returns its `result`; a refusal becomes
+    /// [`AdminError::Service`].
     pub fn request(&self, request: &AdminRequest) -> Result<Value> {
         let mut reader = self.open(request)?;
         if let AdminRequest::Invoke { timeout_secs, .. } = request {
             reader
                 .get_ref()
-                .set_read_timeout(Some(Duration::from_secs(timeout_secs + 10)))?;
+                .set_read_timeout(Some(Duration::from_secs(timeout_secs.saturating_add(10))))
+                .map_err(connection("setting the read timeout"))?;
         }
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .context("admin connection: read failed")?;
+        reader.read_line(&mut line).map_err(connection("read"))?;
         if line.trim().is_empty() {
-            bail!("the emulator closed the admin connection without an answer");
+            return Err(AdminError::Connection(
+                "the emulator closed the admin connection without an answer".into(),
+            ));
         }
-        let answer: AdminResponse =
-            serde_json::from_str(line.trim()).context("admin connection: not an admin answer")?;
+        let answer: AdminResponse = serde_json::from_str(line.trim())
+            .map_err(|_| AdminError::Connection("not an admin answer".into()))?;
         if !answer.ok {
-            return Err(ServiceError {
+            return Err(AdminError::Service {
                 status: answer.status.unwrap_or(500),
                 message: answer.error.unwrap_or_else(|| "failed".into()),
-            }
-            .into());
+            });
         }
         Ok(answer.result.unwrap_or(Value::Null))
     }
 
     pub fn status(&self) -> Result<Stats> {
-        Ok(serde_json::from_value(
-            self.request(&AdminRequest::Status)?,
-        )?)
+        serde_json::from_value(self.request(&AdminRequest::Status)?)
+            .map_err(|_| AdminError::Connection("not a status answer".into()))
     }
 
     pub fn devices(&self) -> Result<Value> {
@@ -131,8 +118,21 @@ impl AdminClient {
         body: &str,
         properties: &[(String, Option<String>)],
     ) -> Result<Value> {
+        self.send_c2d_in(None, device, body, properties)
+    }
+
+    /// [`send_c2d`](Self::send_c2d) to the device of hub `hub`, when two hubs have one with
+    /// this ID.
+    pub fn send_c2d_in(
+        &self,
+        hub: Option<&str>,
+        device: &str,
+        body: &str,
+        properties: &[(String, Option<String>)],
+    ) -> Result<Value> {
         self.request(&AdminRequest::SendC2d {
             device: device.into(),
+            hub: hub.map(Into::into),
             body: body.into(),
             properties: properties.to_vec(),
         })
@@ -145,19 +145,43 @@ impl AdminClient {
         payload: Value,
         timeout: Option<Duration>,
     ) -> Result<MethodOutcome> {
+        self.invoke_in(None, device, method, payload, timeout)
+    }
+
+    /// [`invoke`](Self::invoke) on the device of hub `hub`.
+    pub fn invoke_in(
+        &self,
+        hub: Option<&str>,
+        device: &str,
+        method: &str,
+        payload: Value,
+        timeout: Option<Duration>,
+    ) -> Result<MethodOutcome> {
         let timeout_secs = timeout.map_or(DEFAULT_METHOD_TIMEOUT_SECS, |t| t.as_secs().max(1));
         let v = self.request(&AdminRequest::Invoke {
             device: device.into(),
+            hub: hub.map(Into::into),
             method: method.into(),
             payload,
             timeout_secs,
         })?;
-        Ok(serde_json::from_value(v)?)
+        serde_json::from_value(v).map_err(|_| AdminError::Connection("not a method answer".into()))
     }
 
     pub fn twin(&self, device: &str, desired: Option<Value>) -> Result<Value> {
+        self.twin_in(None, device, desired)
+    }
+
+    /// [`twin`](Self::twin) of the device of hub `hub`.
+    pub fn twin_in(
+        &self,
+        hub: Option<&str>,
+        device: &str,
+        desired: Option<Value>,
+    ) -> Result<Value> {
         self.request(&AdminRequest::Twin {
             device: device.into(),
+            hub: hub.map(Into::into),
             desired,
         })
     }
@@ -174,11 +198,19 @@ impl AdminClient {
         let mut lines = reader.lines();
         match lines.next() {
             Some(Ok(l)) if l.contains("following") => ready(),
-            Some(Ok(l)) => bail!("the emulator refused to stream events: {l}"),
-            _ => bail!("the emulator closed the event stream"),
+            Some(Ok(l)) => {
+                return Err(AdminError::Connection(format!(
+                    "the emulator refused to stream events: {l}"
+                )))
+            }
+            _ => {
+                return Err(AdminError::Connection(
+                    "the emulator closed the event stream".into(),
+                ))
+            }
         }
         for line in lines {
-            let line = line.context("admin connection: read failed")?;
+            let line = line.map_err(connection("read"))?;
             if !each(&line) {
                 break;
             }

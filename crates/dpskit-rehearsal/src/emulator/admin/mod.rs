@@ -16,13 +16,14 @@
 //! ← {"ok":false,"status":404,"error":"device \"dev-1\" is not registered; …"}
 //! ```
 
-use super::hub;
+pub mod client;
+
+use super::hub::registry;
 use super::Shared;
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -30,6 +31,29 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
+
+/// Why the admin interface could not be set up, or a request not made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("another emulator is running with admin file {} (the same --state-dir); stop it or use another --state-dir", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("cannot listen on loopback for the admin interface: {0}")]
+    Listen(std::io::Error),
+    #[error("no randomness for the admin token: {0}")]
+    Random(String),
+    #[error("cannot write the admin file {}: {source}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        source: dpskit_factory::files::WriteError,
+    },
+    #[error("no emulator answers on {} ({detail}); start one with `dpskit emulate`, or give the same --state-dir it uses", path.display())]
+    NotRunning { path: PathBuf, detail: String },
+    #[error("admin connection: {0}")]
+    Connection(String),
+    /// A failure the emulator reported (as opposed to not reaching it).
+    #[error("{message} (status {status})")]
+    Service { status: u16, message: String },
+}
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1024 * 1024;
@@ -56,6 +80,9 @@ pub enum AdminRequest {
     /// Queue a cloud-to-device message (UTF-8 body; a property value `null` is a bare key).
     SendC2d {
         device: String,
+        /// The device's hub, when two hubs have a device with this ID.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub: Option<String>,
         body: String,
         #[serde(default)]
         properties: Vec<(String, Option<String>)>,
@@ -63,6 +90,8 @@ pub enum AdminRequest {
     /// Call a direct method and wait for the answer.
     Invoke {
         device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub: Option<String>,
         method: String,
         #[serde(default)]
         payload: Value,
@@ -72,6 +101,8 @@ pub enum AdminRequest {
     /// Read the twin, after merging `desired` into the desired properties if given.
     Twin {
         device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub: Option<String>,
         #[serde(default)]
         desired: Option<Value>,
     },
@@ -128,51 +159,51 @@ pub(crate) struct Envelope<R> {
 
 impl AdminEndpoint {
     /// Reads `admin.json`.
-    pub fn read(path: &Path) -> Result<AdminEndpoint> {
-        let text = std::fs::read_to_string(path)?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an emulator admin file", path.display()))
+    pub fn read(path: &Path) -> Result<AdminEndpoint, AdminError> {
+        let not_running = |detail: String| AdminError::NotRunning {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| not_running(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|_| not_running("not an emulator admin file".into()))
     }
 }
 
 /// Binds the admin listener on loopback and writes `admin.json` (owner-only), refusing to take
 /// over the file of an emulator that still answers on it.
-pub(crate) async fn bind(path: &Path) -> Result<(TcpListener, AdminEndpoint)> {
+pub(crate) async fn bind(path: &Path) -> Result<(TcpListener, AdminEndpoint), AdminError> {
     if let Ok(old) = AdminEndpoint::read(path) {
-        let probe = super::client::AdminClient::from_endpoint(old);
+        let probe = client::AdminClient::from_endpoint(old);
         let alive = tokio::task::spawn_blocking(move || probe.status().is_ok())
             .await
             .unwrap_or(false);
         if alive {
-            bail!(
-                "another emulator is running with admin file {} (the same --state-dir); stop it or use another --state-dir",
-                path.display()
-            );
+            return Err(AdminError::AlreadyRunning(path.to_path_buf()));
         }
     }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .context("cannot listen on loopback for the admin interface")?;
+        .map_err(AdminError::Listen)?;
     let mut secret = [0u8; 32];
-    getrandom::getrandom(&mut secret)
-        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+    getrandom::getrandom(&mut secret).map_err(|e| AdminError::Random(e.to_string()))?;
     let endpoint = AdminEndpoint {
-        address: listener.local_addr()?,
+        address: listener.local_addr().map_err(AdminError::Listen)?,
         token: hex::encode(secret),
     };
-    let text = serde_json::to_string_pretty(&endpoint)? + "\n";
-    dpskit_factory::files::write_private_file(path, text.as_bytes())
-        .with_context(|| format!("cannot write the admin file {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&endpoint).unwrap_or_default() + "\n";
+    dpskit_factory::files::write_private_file(path, text.as_bytes()).map_err(|source| {
+        AdminError::WriteFile {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok((listener, endpoint))
 }
 
 /// Compares tokens in time independent of where they differ.
 fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// Serves admin clients until `stop` turns true.
@@ -237,33 +268,43 @@ async fn client(shared: Arc<Shared>, stream: TcpStream, token: Arc<str>) {
         AdminRequest::Status => {
             AdminResponse::ok(serde_json::to_value(shared.stats()).unwrap_or_default())
         }
-        AdminRequest::Devices => AdminResponse::ok(hub::list_devices(&shared)),
+        AdminRequest::Devices => AdminResponse::ok(registry::list_devices(&shared)),
         AdminRequest::SendC2d {
             device,
+            hub,
             body,
             properties,
-        } => respond(hub::send_c2d(
+        } => respond(registry::send_c2d(
             &shared,
+            hub.as_deref(),
             &device,
             body.into_bytes(),
             properties,
         )),
         AdminRequest::Invoke {
             device,
+            hub,
             method,
             payload,
             timeout_secs,
         } => {
             let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
             respond(
-                hub::invoke(&shared, &device, &method, &payload, timeout)
+                registry::invoke(&shared, hub.as_deref(), &device, &method, &payload, timeout)
                     .await
                     .map(|o| json!(o)),
             )
         }
-        AdminRequest::Twin { device, desired } => {
-            respond(hub::twin(&shared, &device, desired.as_ref()))
-        }
+        AdminRequest::Twin {
+            device,
+            hub,
+            desired,
+        } => respond(registry::twin(
+            &shared,
+            hub.as_deref(),
+            &device,
+            desired.as_ref(),
+        )),
     };
     let _ = write_line(
         &mut write,
@@ -272,7 +313,7 @@ async fn client(shared: Arc<Shared>, stream: TcpStream, token: Arc<str>) {
     .await;
 }
 
-fn respond(r: std::result::Result<Value, hub::ServiceFailure>) -> AdminResponse {
+fn respond(r: Result<Value, registry::ServiceFailure>) -> AdminResponse {
     match r {
         Ok(v) => AdminResponse::ok(v),
         Err(f) => AdminResponse::err(f.status, f.message),
