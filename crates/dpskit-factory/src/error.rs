@@ -1,4 +1,5 @@
-//! How failures leave the process: bad input exits 2, a check that ran and failed exits 1.
+//! How failures leave the process: a check that ran and failed exits 1, bad input exits 2,
+//! the environment (a database, a server) failed exits 3.
 
 use std::fmt;
 
@@ -15,10 +16,22 @@ impl fmt::Display for CheckFailed {
 
 impl std::error::Error for CheckFailed {}
 
+/// The environment failed, not the input: a database that broke or a server that cannot be
+/// reached. Exit code 3. The message says what state things were left in.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EnvironmentFailed(pub String);
+
 /// The exit code for an error returned by a command.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<CheckFailed>().is_some() {
         1
+    } else if err.chain().any(|e| {
+        e.is::<EnvironmentFailed>()
+            || e.downcast_ref::<crate::station::ledger::LedgerError>()
+                .is_some_and(|l| l.is_environment())
+    }) {
+        3
     } else {
         2
     }

@@ -5,7 +5,7 @@
 
 use super::file::{PortSelection, Station};
 use super::provision::{discover_ports, BatchReport, Bench, RunOptions};
-use anyhow::Result;
+use super::ledger::LedgerError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,7 +33,7 @@ pub fn run_watch(
     opts: RunOptions,
     stop: &AtomicBool,
     poll: Duration,
-) -> Result<BatchReport> {
+) -> Result<BatchReport, LedgerError> {
     let bench = Bench::new(station, opts, stop)?;
     let selection = if explicit.is_empty() {
         station.ports.clone()
