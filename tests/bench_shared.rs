@@ -139,7 +139,18 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
     wait_rows(&pg, 16, &mut children);
     children[0].kill().unwrap();
     assert!(!children[0].wait().unwrap().success());
-    // … and restart the server under the other three.
+    let st1 = shared(&pg)
+        .list()
+        .unwrap()
+        .iter()
+        .filter(|r| r.station == "st-1" && r.status == Status::Done)
+        .count();
+    assert!(st1 < PER_STATION, "killed too late: station 1 had finished");
+    // … and restart the server under the other three, while they still work.
+    assert!(
+        children[1..].iter_mut().any(|c| c.try_wait().unwrap().is_none()),
+        "restarted too late: the other stations had finished"
+    );
     pg.stop();
     std::thread::sleep(Duration::from_millis(300));
     pg.start_again();
