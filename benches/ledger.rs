@@ -46,7 +46,14 @@ fn allocations(targets: &[LedgerTarget], n: usize) -> Duration {
                 let plan = plan();
                 for i in 0..per {
                     let k = (t * per + i) as u32;
-                    let mac = Mac([0x34, 0x85, t as u8, (k >> 16) as u8, (k >> 8) as u8, k as u8]);
+                    let mac = Mac([
+                        0x34,
+                        0x85,
+                        t as u8,
+                        (k >> 16) as u8,
+                        (k >> 8) as u8,
+                        k as u8,
+                    ]);
                     l.allocate(&mac, &plan, &facts()).unwrap();
                 }
             });
@@ -73,13 +80,19 @@ fn batch(dir: &Path, stations: usize, per: usize, pg: Option<(&PgCluster, &str)>
     let mut boards: Vec<VirtualBoard> = (0..stations * per)
         .map(|i| VirtualBoard::spawn(SimBoardConfig::default().for_batch(i, &flash)).unwrap())
         .collect();
-    let ports: Vec<String> = boards.iter().map(|b| b.pty_path().display().to_string()).collect();
+    let ports: Vec<String> = boards
+        .iter()
+        .map(|b| b.pty_path().display().to_string())
+        .collect();
     let loaded: Vec<Station> = (0..stations)
         .map(|s| {
             let ledger = match pg {
                 Some((pg, db)) => {
                     pg.password_file(dir);
-                    format!("[ledger]\nurl = \"{}\"\npassword_file = \"ledger.pass\"", pg.url(db))
+                    format!(
+                        "[ledger]\nurl = \"{}\"\npassword_file = \"ledger.pass\"",
+                        pg.url(db)
+                    )
                 }
                 None => "ledger = \"ledger.sqlite\"".into(),
             };
@@ -101,9 +114,14 @@ fn batch(dir: &Path, stations: usize, per: usize, pg: Option<(&PgCluster, &str)>
             .map(|(i, st)| {
                 let (stop, ports) = (&stop, &ports);
                 s.spawn(move || {
-                    run_batch(st, &ports[i * per..(i + 1) * per], RunOptions::default(), stop)
-                        .unwrap()
-                        .count(Outcome::Done)
+                    run_batch(
+                        st,
+                        &ports[i * per..(i + 1) * per],
+                        RunOptions::default(),
+                        stop,
+                    )
+                    .unwrap()
+                    .count(Outcome::Done)
                 })
             })
             .collect();
@@ -152,7 +170,10 @@ fn main() {
     };
     let (sa, pa) = (med(&mut sqlite_alloc), med(&mut pg_alloc));
     let (sb, pb) = (med(&mut sqlite_batch), med(&mut pg_batch));
-    println!("{:<40} {:>14} {:>16}", "", "allocations/s", "batch wall time");
+    println!(
+        "{:<40} {:>14} {:>16}",
+        "", "allocations/s", "batch wall time"
+    );
     println!(
         "{:<40} {:>14.0} {:>14.2} s",
         "SQLite, one station",

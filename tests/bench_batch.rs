@@ -361,7 +361,10 @@ fn a_board_whose_flash_no_longer_matches_leaves_done() {
     assert_eq!(r.outcome, Outcome::Failed, "{}", report.render());
     assert!(r.reason.contains("now marks it failed"), "{}", r.reason);
     let row = &rig.rows()[0];
-    assert_eq!((row.status, row.verified_md5.as_deref()), (Status::Failed, None));
+    assert_eq!(
+        (row.status, row.verified_md5.as_deref()),
+        (Status::Failed, None)
+    );
     // --force writes it again, same ID, verified.
     rig.boards[0].reset_to_download();
     let report = run_with(

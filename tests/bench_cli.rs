@@ -252,7 +252,11 @@ fn csv_export_neutralises_formulas_and_filters() {
     );
     let l = Ledger::open(&rig.ledger_path(), "test-bench").unwrap();
     // Strings a board supplies (its app descriptor) end up in the export.
-    for (n, project) in [(1u8, "=HYPERLINK(\"http://x\")"), (2, "@SUM(A1)"), (3, "dpskit-firmware")] {
+    for (n, project) in [
+        (1u8, "=HYPERLINK(\"http://x\")"),
+        (2, "@SUM(A1)"),
+        (3, "dpskit-firmware"),
+    ] {
         let facts = BoardFacts {
             port: "/dev/ttyX".into(),
             firmware_project: Some(project.into()),
@@ -263,7 +267,10 @@ fn csv_export_neutralises_formulas_and_filters() {
             .unwrap();
     }
     drop(l);
-    let out = dpskit(rig.dir.path(), &["ledger", "export", "--csv", "--station", s]);
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "export", "--csv", "--station", s],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let mut r = csv::Reader::from_reader(out.stdout.as_slice());
     let headers = r.headers().unwrap().clone();
@@ -276,18 +283,36 @@ fn csv_export_neutralises_formulas_and_filters() {
     assert_eq!(&rows[2][project], "dpskit-firmware");
     assert!(rows.iter().all(|r| &r[version] == "'-1+2"));
     // Filters: status, and a day on which nothing happened.
-    let out = dpskit(rig.dir.path(), &["ledger", "list", "--status", "allocated", "--station", s]);
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "list", "--status", "allocated", "--station", s],
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 board(s)"));
     let out = dpskit(
         rig.dir.path(),
-        &["ledger", "export", "--json", "--until", "2001-01-01", "--station", s],
+        &[
+            "ledger",
+            "export",
+            "--json",
+            "--until",
+            "2001-01-01",
+            "--station",
+            s,
+        ],
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["boards"].as_array().unwrap().len(), 0);
     assert_eq!(v["filter"]["until"], "2001-01-02T00:00:00Z");
-    let out = dpskit(rig.dir.path(), &["ledger", "list", "--since", "last week", "--station", s]);
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "list", "--since", "last week", "--station", s],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--since: \"last week\" is not a date"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--since: \"last week\" is not a date"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -299,6 +324,12 @@ fn a_broken_ledger_database_exits_3_and_says_what_state_it_is_in() {
     let out = dpskit(rig.dir.path(), &["ledger", "list", "--station", s]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("ledger (SQLite)") && err.contains("not a database"), "{err}");
-    assert!(err.contains("the ledger is as it was before this step"), "{err}");
+    assert!(
+        err.contains("ledger (SQLite)") && err.contains("not a database"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the ledger is as it was before this step"),
+        "{err}"
+    );
 }

@@ -148,7 +148,9 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
     assert!(st1 < PER_STATION, "killed too late: station 1 had finished");
     // … and restart the server under the other three, while they still work.
     assert!(
-        children[1..].iter_mut().any(|c| c.try_wait().unwrap().is_none()),
+        children[1..]
+            .iter_mut()
+            .any(|c| c.try_wait().unwrap().is_none()),
         "restarted too late: the other stations had finished"
     );
     pg.stop();
@@ -167,7 +169,11 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
         } else {
             log_text(i)
         };
-        assert!(status.success(), "station {} failed ({status}):\n{log}", i + 1);
+        assert!(
+            status.success(),
+            "station {} failed ({status}):\n{log}",
+            i + 1
+        );
     }
 
     let rows = shared(&pg).list().unwrap();
@@ -208,11 +214,22 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
 
     // Audits over the shared ledger filter by station.
     let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args(["ledger", "export", "--csv", "--station-name", "st-3", "--station"])
+        .args([
+            "ledger",
+            "export",
+            "--csv",
+            "--station-name",
+            "st-3",
+            "--station",
+        ])
         .arg(&stations[0])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(csv.lines().count(), 1 + PER_STATION, "{csv}");
 
@@ -253,12 +270,19 @@ fn station_file_rules_for_a_shared_ledger() {
             .arg(&path)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // A password in the URL is refused without being echoed.
-    let (code, err) = check("[ledger]\nurl = \"postgresql://dpskit:hunter2@db/ledger?sslmode=require\"\n");
+    let (code, err) =
+        check("[ledger]\nurl = \"postgresql://dpskit:hunter2@db/ledger?sslmode=require\"\n");
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("[ledger] url: holds a password") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("[ledger] url: holds a password") && !err.contains("hunter2"),
+        "{err}"
+    );
     // Another host without TLS is refused.
     let (code, err) = check("[ledger]\nurl = \"postgresql://dpskit@db.factory.lan/ledger\"\n");
     assert_eq!(code, Some(2));
@@ -270,15 +294,27 @@ fn station_file_rules_for_a_shared_ledger() {
     assert!(err.contains("DPSKIT_TEST_UNSET_PW is not set"), "{err}");
     // A per-station ledger with a template that is the same on every station: a warning.
     let (_, err) = check("");
-    assert!(err.contains("warning: [ids] template: \"x-{seq}\" has neither {station} nor {mac}"), "{err}");
+    assert!(
+        err.contains("warning: [ids] template: \"x-{seq}\" has neither {station} nor {mac}"),
+        "{err}"
+    );
 
     // `dpskit init --ledger-url` writes a station for the shared ledger.
     let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args(["init", "shared", "--ledger-url", "postgresql://dpskit@db.factory.lan/dpskit?sslmode=require"])
+        .args([
+            "init",
+            "shared",
+            "--ledger-url",
+            "postgresql://dpskit@db.factory.lan/dpskit?sslmode=require",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(dir.path().join("shared/station.toml")).unwrap();
     let t: toml::Table = text.parse().unwrap();
     assert_eq!(
@@ -288,6 +324,11 @@ fn station_file_rules_for_a_shared_ledger() {
     assert_eq!(t["ids"]["template"].as_str(), Some("{prefix}-{seq:05}"));
     assert!(t["station"].get("ledger").is_none());
     // Without it, the template carries {station}.
-    let default: toml::Table = dpskit_factory::station::templates::STATION_TOML.parse().unwrap();
-    assert_eq!(default["ids"]["template"].as_str(), Some("{prefix}-{station}-{seq:05}"));
+    let default: toml::Table = dpskit_factory::station::templates::STATION_TOML
+        .parse()
+        .unwrap();
+    assert_eq!(
+        default["ids"]["template"].as_str(),
+        Some("{prefix}-{station}-{seq:05}")
+    );
 }

@@ -64,28 +64,66 @@ fn rules_hold(l: &Ledger, db: &mut dyn Sql) {
     refused(db, &format!("INSERT INTO boards (registration_id, mac, station, status, allocated_at, updated_at) VALUES ('X-348518000001', 'aa', 'st', 'allocated', {now}, {now})"), "");
     refused(db, &format!("INSERT INTO boards (registration_id, mac, station, status, allocated_at, updated_at) VALUES ('y-1', '34:85:18:00:00:01', 'st', 'allocated', {now}, {now})"), "");
     // Identity never changes, rows are never deleted.
-    refused(db, "UPDATE boards SET mac = 'zz' WHERE mac = '34:85:18:00:00:01'", "never change");
-    refused(db, "UPDATE boards SET registration_id = 'other' WHERE mac = '34:85:18:00:00:01'", "never change");
+    refused(
+        db,
+        "UPDATE boards SET mac = 'zz' WHERE mac = '34:85:18:00:00:01'",
+        "never change",
+    );
+    refused(
+        db,
+        "UPDATE boards SET registration_id = 'other' WHERE mac = '34:85:18:00:00:01'",
+        "never change",
+    );
     refused(db, "DELETE FROM boards", "never deleted");
     // A new row starts allocated.
     refused(db, &format!("INSERT INTO boards (registration_id, mac, station, status, image_sha256, verified_md5, allocated_at, updated_at, done_at) VALUES ('new-1', '34:85:18:00:00:09', 'st', 'done', '{SHA}', '{MD5}', {now}, {now}, {now})"), "starts as allocated");
     // `done` needs the SHA-256 and a 32-hex-digit MD5.
-    for md5 in ["NULL", "''", "'0cc175b9c0f1b6a831c399e26977266'", "'0CC175B9C0F1B6A831C399E269772661'", "'0cc175b9c0f1b6a831c399e26977266z'"] {
+    for md5 in [
+        "NULL",
+        "''",
+        "'0cc175b9c0f1b6a831c399e26977266'",
+        "'0CC175B9C0F1B6A831C399E269772661'",
+        "'0cc175b9c0f1b6a831c399e26977266z'",
+    ] {
         let e = db
             .run(&format!("UPDATE boards SET status = 'done', image_sha256 = '{SHA}', verified_md5 = {md5}, done_at = {now} WHERE mac = '34:85:18:00:00:01'"))
             .expect_err(md5);
-        assert!(e.contains("boards_done_is_verified") || e.contains("CHECK"), "{md5}: {e}");
+        assert!(
+            e.contains("boards_done_is_verified") || e.contains("CHECK"),
+            "{md5}: {e}"
+        );
     }
     refused(db, &format!("UPDATE boards SET status = 'done', image_sha256 = 'sha', verified_md5 = '{MD5}', done_at = {now} WHERE mac = '34:85:18:00:00:01'"), "");
     // The state machine: allocated → writing → done → (re-verification fails) failed.
-    assert_eq!(db.run("UPDATE boards SET status = 'writing' WHERE mac = '34:85:18:00:00:01'"), Ok(1));
-    refused(db, "UPDATE boards SET status = 'allocated' WHERE mac = '34:85:18:00:00:01'", "status change not allowed");
+    assert_eq!(
+        db.run("UPDATE boards SET status = 'writing' WHERE mac = '34:85:18:00:00:01'"),
+        Ok(1)
+    );
+    refused(
+        db,
+        "UPDATE boards SET status = 'allocated' WHERE mac = '34:85:18:00:00:01'",
+        "status change not allowed",
+    );
     assert_eq!(db.run(&format!("UPDATE boards SET status = 'done', image_sha256 = '{SHA}', verified_md5 = '{MD5}', done_at = {now} WHERE mac = '34:85:18:00:00:01'")), Ok(1));
-    refused(db, "UPDATE boards SET status = 'allocated' WHERE mac = '34:85:18:00:00:01'", "status change not allowed");
+    refused(
+        db,
+        "UPDATE boards SET status = 'allocated' WHERE mac = '34:85:18:00:00:01'",
+        "status change not allowed",
+    );
     // Through the library, the same rules.
-    assert!(matches!(l.mark_done(&mac(2), SHA, ""), Err(LedgerError::Rule { .. })));
-    assert!(matches!(l.mark_done(&mac(2), SHA, "0cc175b9"), Err(LedgerError::Rule { .. })));
-    l.mark_failed(&mac(1), "re-verification: the board no longer holds its image").unwrap();
+    assert!(matches!(
+        l.mark_done(&mac(2), SHA, ""),
+        Err(LedgerError::Rule { .. })
+    ));
+    assert!(matches!(
+        l.mark_done(&mac(2), SHA, "0cc175b9"),
+        Err(LedgerError::Rule { .. })
+    ));
+    l.mark_failed(
+        &mac(1),
+        "re-verification: the board no longer holds its image",
+    )
+    .unwrap();
     let row = l.find_by_mac(&mac(1)).unwrap().unwrap();
     assert_eq!((row.status, row.verified_md5), (Status::Failed, None));
     // The history is append-only.
@@ -126,7 +164,10 @@ fn postgres_refuses_the_same_sql() {
     refused_truncate(&mut db);
     // Both engines are at the same schema version, from the same list of migrations.
     let versions: Vec<i64> = db
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -171,17 +212,29 @@ fn a_first_schema_ledger_is_upgraded_and_a_done_row_without_md5_leaves_done() {
     let l = Ledger::open(&path, "st").unwrap();
     let rows = l.list().unwrap();
     assert_eq!(rows[0].status, Status::Failed);
-    assert!(rows[0].failure.as_deref().unwrap().contains("without a verified MD5"));
-    assert_eq!((rows[1].status, rows[1].verified_md5.as_deref()), (Status::Done, Some(MD5)));
+    assert!(rows[0]
+        .failure
+        .as_deref()
+        .unwrap()
+        .contains("without a verified MD5"));
+    assert_eq!(
+        (rows[1].status, rows[1].verified_md5.as_deref()),
+        (Status::Done, Some(MD5))
+    );
     assert_eq!(l.next_seq().unwrap(), Some(3));
     let c = rusqlite::Connection::open(&path).unwrap();
     let n: i64 = c
-        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(n, migrations::latest());
     // The upgraded file has every rule.
     assert!(c
-        .execute("UPDATE boards SET status = 'allocated' WHERE registration_id = 's-2'", [])
+        .execute(
+            "UPDATE boards SET status = 'allocated' WHERE registration_id = 's-2'",
+            []
+        )
         .unwrap_err()
         .to_string()
         .contains("status change not allowed"));

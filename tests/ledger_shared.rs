@@ -49,24 +49,42 @@ fn shared_ledger_behaviour() {
     let b = Ledger::open_target(&target(&pg, "ids"), "st-b").unwrap();
     let mut ids = Vec::new();
     for n in 0..10u16 {
-        let (l, st) = if n % 2 == 0 { (&a, "st-a") } else { (&b, "st-b") };
-        ids.push(l.allocate(&mac(n), &seq_plan(st), &facts()).unwrap().registration_id.to_string());
+        let (l, st) = if n % 2 == 0 {
+            (&a, "st-a")
+        } else {
+            (&b, "st-b")
+        };
+        ids.push(
+            l.allocate(&mac(n), &seq_plan(st), &facts())
+                .unwrap()
+                .registration_id
+                .to_string(),
+        );
     }
     let expected: Vec<String> = (1..=10).map(|n| format!("sensor-{n:05}")).collect();
     assert_eq!(ids, expected);
     // A board moved from A to B is recognised by its MAC: same ID, nothing new handed out.
     let again = b.allocate(&mac(0), &seq_plan("st-b"), &facts()).unwrap();
-    assert_eq!((again.registration_id.as_str(), again.new), ("sensor-00001", false));
+    assert_eq!(
+        (again.registration_id.as_str(), again.new),
+        ("sensor-00001", false)
+    );
     assert_eq!(b.next_seq().unwrap(), Some(11));
     // Filters over the shared ledger: by station and state.
     a.mark_writing(&mac(0), SHA).unwrap();
     a.mark_done(&mac(0), SHA, MD5).unwrap();
     let by_a = a
-        .list_filtered(&Filter { station: Some("st-a".into()), ..Default::default() })
+        .list_filtered(&Filter {
+            station: Some("st-a".into()),
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(by_a.len(), 5);
     let done = a
-        .list_filtered(&Filter { status: Some(Status::Done), ..Default::default() })
+        .list_filtered(&Filter {
+            status: Some(Status::Done),
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(done.len(), 1);
 
@@ -92,19 +110,30 @@ fn shared_ledger_behaviour() {
                     (0..5u16)
                         .map(|i| {
                             let m = mac(100 + w * 5 + i);
-                            (m, l.allocate(&m, plan, &facts()).unwrap().registration_id.to_string())
+                            (
+                                m,
+                                l.allocate(&m, plan, &facts())
+                                    .unwrap()
+                                    .registration_id
+                                    .to_string(),
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     });
     let distinct: HashSet<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(distinct.len(), 20, "{got:?}");
     // The pool is used up: the next board is refused with the reason, nothing written.
     let l = Ledger::open_target(&t, "st-9").unwrap();
-    assert!(matches!(l.allocate(&mac(999), &plan, &facts()), Err(LedgerError::Alloc(m)) if m.contains("all 20 unpinned IDs")));
+    assert!(
+        matches!(l.allocate(&mac(999), &plan, &facts()), Err(LedgerError::Alloc(m)) if m.contains("all 20 unpinned IDs"))
+    );
     assert!(l.find_by_mac(&mac(999)).unwrap().is_none());
 
     // --- The server restarts in the middle: the step waits, reconnects, and lands once.
@@ -112,7 +141,9 @@ fn shared_ledger_behaviour() {
     pg.stop();
     let (l, done) = std::thread::scope(|s| {
         let h = s.spawn(move || {
-            let r = l.mark_writing(&mac(2), SHA).and_then(|_| l.mark_done(&mac(2), SHA, MD5));
+            let r = l
+                .mark_writing(&mac(2), SHA)
+                .and_then(|_| l.mark_done(&mac(2), SHA, MD5));
             (l, r)
         });
         std::thread::sleep(Duration::from_millis(500));
@@ -120,13 +151,18 @@ fn shared_ledger_behaviour() {
         h.join().unwrap()
     });
     done.unwrap();
-    assert_eq!(l.find_by_mac(&mac(2)).unwrap().unwrap().status, Status::Done);
+    assert_eq!(
+        l.find_by_mac(&mac(2)).unwrap().unwrap().status,
+        Status::Done
+    );
 
     // --- No server at start: the station refuses to start (exit code 3 upstream).
     pg.stop();
     let mut quick = PgSettings::new(pg.url("ids"), Some(PASSWORD.into()));
     quick.reconnect_window = Duration::from_secs(1);
-    let e = Ledger::open_target(&LedgerTarget::Postgres(quick), "st-a").err().unwrap();
+    let e = Ledger::open_target(&LedgerTarget::Postgres(quick), "st-a")
+        .err()
+        .unwrap();
     assert!(matches!(e, LedgerError::Unreachable(_)), "{e}");
     assert!(e.is_environment());
     assert!(e.to_string().contains("does not start without it"), "{e}");
@@ -139,7 +175,9 @@ fn shared_ledger_behaviour() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("line-1.sqlite");
     let old = Ledger::open(&path, "line-1").unwrap();
-    let plan1 = IdPlan::Template(Template::parse("{prefix}-{station}-{seq:05}", "sensor", "line-1", 1, false).unwrap());
+    let plan1 = IdPlan::Template(
+        Template::parse("{prefix}-{station}-{seq:05}", "sensor", "line-1", 1, false).unwrap(),
+    );
     for n in 0..3 {
         old.allocate(&mac(500 + n), &plan1, &facts()).unwrap();
     }
@@ -160,9 +198,13 @@ fn shared_ledger_behaviour() {
     // A conflict (the shared ledger gave sensor-line-1-00002's MAC another ID): nothing copied.
     pg.create_db("conflict");
     let other = Ledger::open_target(&target(&pg, "conflict"), "line-2").unwrap();
-    other.allocate(&mac(501), &seq_plan("line-2"), &facts()).unwrap();
+    other
+        .allocate(&mac(501), &seq_plan("line-2"), &facts())
+        .unwrap();
     let e = other.import_from(&src).unwrap_err();
-    let LedgerError::Conflicts(list) = &e else { panic!("{e}") };
+    let LedgerError::Conflicts(list) = &e else {
+        panic!("{e}")
+    };
     assert_eq!(list.len(), 1, "{list:?}");
     assert!(list[0].contains("34:85:18:00:01:f5"), "{list:?}");
     assert_eq!(other.list().unwrap().len(), 1);

@@ -64,7 +64,10 @@ fn ids_of(user: &str) -> (u32, u32) {
 impl PgCluster {
     /// initdb + start; waits until the server accepts connections.
     pub fn start() -> PgCluster {
-        let dir = tempfile::Builder::new().prefix("dpskit-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dpskit-pg")
+            .tempdir()
+            .unwrap();
         let as_user = is_root().then(|| "postgres".to_string());
         if let Some(user) = &as_user {
             let (uid, gid) = ids_of(user);
@@ -100,7 +103,11 @@ impl PgCluster {
                 "UTF8",
             ],
         );
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         c.pg_ctl_start();
         c
     }
@@ -160,9 +167,20 @@ impl PgCluster {
     pub fn stop(&self) {
         let out = self.tool(
             "pg_ctl",
-            &["-D", self.data_dir().to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts it again after [`PgCluster::stop`].
@@ -172,7 +190,10 @@ impl PgCluster {
 
     /// The URL a station file names (no password in it).
     pub fn url(&self, db: &str) -> String {
-        format!("postgresql://{USER}@/{db}?host={}", self.socket_dir().display())
+        format!(
+            "postgresql://{USER}@/{db}?host={}",
+            self.socket_dir().display()
+        )
     }
 
     /// A password file as a station has it: mode 0600.
@@ -221,7 +242,14 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         let _ = self.tool(
             "pg_ctl",
-            &["-D", self.data_dir().to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
     }
 }

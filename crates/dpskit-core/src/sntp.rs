@@ -35,7 +35,7 @@ pub fn answer(request: &[u8], now_unix_us: u64) -> Option<[u8; PACKET_LEN]> {
     r[1] = 1; // stratum 1: a primary reference (the PC's clock)
     r[2] = request[2]; // poll interval, echoed
     r[3] = (-20i8) as u8; // precision ~1 µs
-    // root delay and dispersion 0; reference ID "LOCL"
+                          // root delay and dispersion 0; reference ID "LOCL"
     r[12..16].copy_from_slice(b"LOCL");
     r[16..24].copy_from_slice(&now); // reference timestamp
     r[24..32].copy_from_slice(&request[40..48]); // originate = the client's transmit

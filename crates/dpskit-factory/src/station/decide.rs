@@ -193,16 +193,36 @@ mod tests {
             force: false,
             dry_run: false,
         };
-        assert!(matches!(action(&base, "dps_cfg", "x"), Action::Unchanged(n) if n.contains("verified")));
-        let changed = Facts { on_board: "bb", ..base.clone() };
-        assert!(matches!(action(&changed, "dps_cfg", "x"), Action::Reverify(m) if m.contains("marks it failed")));
-        let forced = Facts { force: true, ..changed.clone() };
+        assert!(
+            matches!(action(&base, "dps_cfg", "x"), Action::Unchanged(n) if n.contains("verified"))
+        );
+        let changed = Facts {
+            on_board: "bb",
+            ..base.clone()
+        };
+        assert!(
+            matches!(action(&changed, "dps_cfg", "x"), Action::Reverify(m) if m.contains("marks it failed"))
+        );
+        let forced = Facts {
+            force: true,
+            ..changed.clone()
+        };
         assert_eq!(action(&forced, "dps_cfg", "x"), Action::Write);
-        let fresh = Facts { was_done: false, on_board: "ff", ..base.clone() };
+        let fresh = Facts {
+            was_done: false,
+            on_board: "ff",
+            ..base.clone()
+        };
         assert_eq!(action(&fresh, "dps_cfg", "x"), Action::Write);
-        let there = Facts { was_done: false, ..base.clone() };
+        let there = Facts {
+            was_done: false,
+            ..base.clone()
+        };
         assert_eq!(action(&there, "dps_cfg", "x"), Action::RecordOnly);
-        let dry = Facts { dry_run: true, ..fresh };
+        let dry = Facts {
+            dry_run: true,
+            ..fresh
+        };
         assert_eq!(action(&dry, "dps_cfg", "x"), Action::WouldWrite(""));
     }
 }

@@ -4,8 +4,8 @@
 //! finish, and returns the summary.
 
 use super::file::{PortSelection, Station};
-use super::provision::{discover_ports, BatchReport, Bench, RunOptions};
 use super::ledger::LedgerError;
+use super::provision::{discover_ports, BatchReport, Bench, RunOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;

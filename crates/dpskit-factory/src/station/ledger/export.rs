@@ -72,9 +72,7 @@ impl Filter {
 
 fn parse_day(s: &str, flag: &str, end_of_day: bool) -> Result<String, String> {
     let t = s.trim();
-    if let Ok(at) =
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-    {
+    if let Ok(at) = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
         return Ok(crate::timestamp::rfc3339(
             at.to_offset(time::UtcOffset::UTC),
         ));
@@ -163,12 +161,20 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(Filter::parse_since("2026-03-01").unwrap(), "2026-03-01T00:00:00Z");
-        assert_eq!(Filter::parse_until("2026-03-01").unwrap(), "2026-03-02T00:00:00Z");
+        assert_eq!(
+            Filter::parse_since("2026-03-01").unwrap(),
+            "2026-03-01T00:00:00Z"
+        );
+        assert_eq!(
+            Filter::parse_until("2026-03-01").unwrap(),
+            "2026-03-02T00:00:00Z"
+        );
         assert_eq!(
             Filter::parse_until("2026-03-01T10:00:00+02:00").unwrap(),
             "2026-03-01T08:00:00Z"
         );
-        assert!(Filter::parse_since("yesterday").unwrap_err().contains("--since"));
+        assert!(Filter::parse_since("yesterday")
+            .unwrap_err()
+            .contains("--since"));
     }
 }

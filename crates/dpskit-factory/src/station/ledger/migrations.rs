@@ -289,7 +289,11 @@ pub(crate) fn current(tx: &mut dyn Tx) -> Result<i64, Abort> {
 }
 
 fn create_table(tx: &mut dyn Tx) -> Result<(), Abort> {
-    let int = if tx.engine() == "postgres" { "BIGINT" } else { "INTEGER" };
+    let int = if tx.engine() == "postgres" {
+        "BIGINT"
+    } else {
+        "INTEGER"
+    };
     tx.batch(&format!(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version {int} PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     ))?;

@@ -345,7 +345,6 @@ pub struct Ledger {
     target: String,
 }
 
-
 const ATTEMPT_COLUMNS: &str =
     "at, station, port, mac, registration_id, result, reason, duration_ms";
 
@@ -372,7 +371,9 @@ fn attempt_from_db(r: &DbRow) -> Attempt {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Ledger {
@@ -715,7 +716,9 @@ impl Ledger {
         let mac_text = mac.to_string();
         self.transact(during, Mode::Write, |tx| {
             if tx.exec(sql, &p)? != 1 {
-                return Err(LedgerError::Refused(format!("ledger: no board with MAC {mac_text}")).into());
+                return Err(
+                    LedgerError::Refused(format!("ledger: no board with MAC {mac_text}")).into(),
+                );
             }
             Ok(())
         })
@@ -777,7 +780,10 @@ impl Ledger {
             let mut conflicts = Vec::new();
             for b in &boards {
                 let by_mac = tx
-                    .one("SELECT registration_id FROM boards WHERE mac = ?1", &[b.mac.as_str().into()])?
+                    .one(
+                        "SELECT registration_id FROM boards WHERE mac = ?1",
+                        &[b.mac.as_str().into()],
+                    )?
                     .map(|r| r.text(0));
                 let by_id = tx
                     .one(
@@ -786,16 +792,24 @@ impl Ledger {
                     )?
                     .map(|r| r.text(0));
                 match (by_mac, by_id) {
-                    (Some(id), Some(mac)) if id.eq_ignore_ascii_case(&b.registration_id) && mac == b.mac => {
+                    (Some(id), Some(mac))
+                        if id.eq_ignore_ascii_case(&b.registration_id) && mac == b.mac =>
+                    {
                         report.already += 1;
                         continue;
                     }
                     (Some(id), _) => {
-                        conflicts.push(format!("MAC {}: {} here, {id} in {}", b.mac, b.registration_id, self.target));
+                        conflicts.push(format!(
+                            "MAC {}: {} here, {id} in {}",
+                            b.mac, b.registration_id, self.target
+                        ));
                         continue;
                     }
                     (None, Some(mac)) => {
-                        conflicts.push(format!("ID {}: MAC {} here, {mac} in {}", b.registration_id, b.mac, self.target));
+                        conflicts.push(format!(
+                            "ID {}: MAC {} here, {mac} in {}",
+                            b.registration_id, b.mac, self.target
+                        ));
                         continue;
                     }
                     (None, None) => {}
@@ -848,7 +862,9 @@ fn legacy_schema(tx: &mut dyn Tx) -> std::result::Result<Option<String>, Abort> 
 
 fn insert_attempt(tx: &mut dyn Tx, a: &Attempt) -> std::result::Result<(), Abort> {
     tx.exec(
-        &format!("INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ),
         &[
             a.at.as_str().into(),
             a.station.as_str().into(),
@@ -885,11 +901,19 @@ fn insert_board(tx: &mut dyn Tx, b: &BoardRow) -> std::result::Result<(), Abort>
             && b.verified_md5.as_deref().is_some_and(|s| is_hex(s, 32))
             && b.done_at.is_some());
     let (status, failure, md5, done_at) = if verified {
-        (b.status, b.failure.clone(), b.verified_md5.clone(), b.done_at.clone())
+        (
+            b.status,
+            b.failure.clone(),
+            b.verified_md5.clone(),
+            b.done_at.clone(),
+        )
     } else {
         (
             Status::Failed,
-            Some("ledger copy: was done without a verified MD5; the next run verifies the board".into()),
+            Some(
+                "ledger copy: was done without a verified MD5; the next run verifies the board"
+                    .into(),
+            ),
             None,
             None,
         )
@@ -1002,9 +1026,15 @@ fn next_id(
             }
             let pool = m.pool().count();
             let why = if pool == 0 {
-                format!("{mac} is not in {} and the manifest has no unpinned IDs; add a row for it", m.path.display())
+                format!(
+                    "{mac} is not in {} and the manifest has no unpinned IDs; add a row for it",
+                    m.path.display()
+                )
             } else {
-                format!("all {pool} unpinned IDs in {} are taken; add rows to the manifest", m.path.display())
+                format!(
+                    "all {pool} unpinned IDs in {} are taken; add rows to the manifest",
+                    m.path.display()
+                )
             };
             Err(LedgerError::Alloc(why).into())
         }
@@ -1038,9 +1068,8 @@ fn next_id(
                 }
                 (text, None)
             };
-            let id = RegistrationId::parse(&text, t.allow_uppercase).map_err(|e| {
-                LedgerError::Alloc(format!("[ids] template gives {text:?}: {e}"))
-            })?;
+            let id = RegistrationId::parse(&text, t.allow_uppercase)
+                .map_err(|e| LedgerError::Alloc(format!("[ids] template gives {text:?}: {e}")))?;
             Ok((id, seq))
         }
     }

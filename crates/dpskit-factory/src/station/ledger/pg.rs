@@ -115,7 +115,8 @@ impl PgDb {
         let mut deadline: Option<Instant> = None;
         loop {
             if self.client.as_ref().is_none_or(Client::is_closed) {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + self.settings.reconnect_window);
+                let d = *deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.reconnect_window);
                 self.reconnect(d, during)?;
             }
             let client = self.client.as_mut().expect("connected above");
@@ -175,7 +176,9 @@ fn tls_connector(s: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConn
                 LedgerError::Refused(format!("[ledger] ca_file: {origin}: not PEM ({e})"))
             })?;
             roots.add(cert).map_err(|e| {
-                LedgerError::Refused(format!("[ledger] ca_file: {origin}: not a CA certificate ({e})"))
+                LedgerError::Refused(format!(
+                    "[ledger] ca_file: {origin}: not a CA certificate ({e})"
+                ))
             })?;
             n += 1;
         }
@@ -289,7 +292,8 @@ impl Tx for PgTx<'_, '_> {
             for (i, col) in row.columns().iter().enumerate() {
                 let t = col.type_();
                 let v = if *t == Type::INT8 {
-                    row.try_get::<_, Option<i64>>(i).map(|v| v.map_or(Val::Null, Val::Int))
+                    row.try_get::<_, Option<i64>>(i)
+                        .map(|v| v.map_or(Val::Null, Val::Int))
                 } else if *t == Type::INT4 {
                     row.try_get::<_, Option<i32>>(i)
                         .map(|v| v.map_or(Val::Null, |n| Val::Int(n.into())))

@@ -52,7 +52,9 @@ impl SqliteDb {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
         )
-        .map_err(|e| LedgerError::Refused(format!("ledger: cannot open {} ({e})", path.display())))?;
+        .map_err(|e| {
+            LedgerError::Refused(format!("ledger: cannot open {} ({e})", path.display()))
+        })?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| failed("opening the ledger", e))?;
         Ok(SqliteDb { conn })
