@@ -80,6 +80,16 @@ fn provision(station: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
+/// Runs `dpskit ARGS` in `cwd` to the end.
+fn dpskit(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dpskit"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 fn try_shared(pg: &PgCluster) -> Result<Ledger, dpskit_factory::station::ledger::LedgerError> {
     Ledger::open_target_read_only(&LedgerTarget::Postgres(PgSettings::new(
         pg.url("factory"),
@@ -201,30 +211,29 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
 
     // A board moved from station 1 to station 2 keeps its ID.
     let moved = rig.ports()[0].clone();
-    let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args(["provision", "--station"])
-        .arg(&stations[1])
-        .args(["--port", &moved])
-        .output()
-        .unwrap();
+    let st = |i: usize| stations[i].to_str().unwrap().to_string();
+    let out = dpskit(
+        rig.dir.path(),
+        &["provision", "--station", &st(1), "--port", &moved],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("unchanged"), "{stdout}");
     assert_eq!(shared(&pg).list().unwrap().len(), STATIONS * PER_STATION);
 
     // Audits over the shared ledger filter by station.
-    let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args([
+    let out = dpskit(
+        rig.dir.path(),
+        &[
             "ledger",
             "export",
             "--csv",
             "--station-name",
             "st-3",
             "--station",
-        ])
-        .arg(&stations[0])
-        .output()
-        .unwrap();
+            &st(0),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -235,11 +244,7 @@ fn four_stations_one_ledger_survive_a_kill_and_a_server_restart() {
 
     // The server down at start: the station refuses to start, exit 3, nothing written.
     pg.stop();
-    let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args(["provision", "--station"])
-        .arg(&stations[2])
-        .output()
-        .unwrap();
+    let out = dpskit(rig.dir.path(), &["provision", "--station", &st(2)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("does not start without it"), "{err}");
@@ -265,11 +270,15 @@ fn station_file_rules_for_a_shared_ledger() {
             format!("[dps]\nid_scope = \"0ne0000ABCD\"\n[group_key]\nfile = \"group.key\"\n[ids]\ntemplate = \"x-{{seq}}\"\n{ledger}"),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-            .args(["provision", "--dry-run", "--station"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = dpskit(
+            dir.path(),
+            &[
+                "provision",
+                "--dry-run",
+                "--station",
+                path.to_str().unwrap(),
+            ],
+        );
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -300,16 +309,15 @@ fn station_file_rules_for_a_shared_ledger() {
     );
 
     // `dpskit init --ledger-url` writes a station for the shared ledger.
-    let out = Command::new(env!("CARGO_BIN_EXE_dpskit"))
-        .args([
+    let out = dpskit(
+        dir.path(),
+        &[
             "init",
             "shared",
             "--ledger-url",
             "postgresql://dpskit@db.factory.lan/dpskit?sslmode=require",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -163,19 +163,15 @@ impl PgCluster {
         );
     }
 
+    fn pg_ctl_stop(&self) -> Output {
+        let data = self.data_dir();
+        let data = data.to_str().unwrap();
+        self.tool("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"])
+    }
+
     /// Stops the server at once (connections are cut, as in a crash or a restart).
     pub fn stop(&self) {
-        let out = self.tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data_dir().to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let out = self.pg_ctl_stop();
         assert!(
             out.status.success(),
             "pg_ctl stop: {}",
@@ -204,14 +200,17 @@ impl PgCluster {
         p
     }
 
-    pub fn client(&self, db: &str) -> postgres::Client {
-        postgres::Config::new()
-            .user(USER)
+    fn config(&self, db: &str) -> postgres::Config {
+        let mut c = postgres::Config::new();
+        c.user(USER)
             .password(PASSWORD)
             .host_path(self.socket_dir())
-            .dbname(db)
-            .connect(postgres::NoTls)
-            .unwrap()
+            .dbname(db);
+        c
+    }
+
+    pub fn client(&self, db: &str) -> postgres::Client {
+        self.config(db).connect(postgres::NoTls).unwrap()
     }
 
     /// A fresh, empty database.
@@ -224,14 +223,7 @@ impl PgCluster {
     /// Waits until the server answers again (after a restart).
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while postgres::Config::new()
-            .user(USER)
-            .password(PASSWORD)
-            .host_path(self.socket_dir())
-            .dbname("postgres")
-            .connect(postgres::NoTls)
-            .is_err()
-        {
+        while self.config("postgres").connect(postgres::NoTls).is_err() {
             assert!(Instant::now() < deadline, "PostgreSQL did not come back");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -240,16 +232,6 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = self.tool(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data_dir().to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let _ = self.pg_ctl_stop();
     }
 }
