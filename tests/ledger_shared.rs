@@ -209,3 +209,26 @@ fn shared_ledger_behaviour() {
     assert!(list[0].contains("34:85:18:00:01:f5"), "{list:?}");
     assert_eq!(other.list().unwrap().len(), 1);
 }
+
+#[test]
+fn tls_to_the_server_with_its_ca_and_no_way_around_it() {
+    let (pg, ca, port) = PgCluster::start_tls();
+    pg.create_db("tls");
+    let url = |mode: &str| format!("postgresql://dpskit@localhost:{port}/tls?sslmode={mode}");
+    // With the server's CA: TLS (the server accepts TCP only over TLS), and the ledger works.
+    let mut s = PgSettings::new(url("require"), Some(PASSWORD.into()));
+    s.ca_file = Some(ca.clone());
+    let l = Ledger::open_target(&LedgerTarget::Postgres(s), "st-tls").unwrap();
+    let id = l.allocate(&mac(1), &seq_plan("st-tls"), &facts()).unwrap();
+    assert_eq!(id.registration_id.as_str(), "sensor-00001");
+    // Without it, the bundled Azure roots do not vouch for this server: refused, and said so.
+    let s = PgSettings::new(url("require"), Some(PASSWORD.into()));
+    let e = Ledger::open_target(&LedgerTarget::Postgres(s), "st-tls")
+        .err()
+        .unwrap();
+    assert!(matches!(e, LedgerError::Unreachable(_)), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // And plain TCP is not accepted by this server at all.
+    let s = PgSettings::new(url("disable"), Some(PASSWORD.into()));
+    assert!(Ledger::open_target(&LedgerTarget::Postgres(s), "st-tls").is_err());
+}

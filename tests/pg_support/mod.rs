@@ -19,6 +19,10 @@ pub struct PgCluster {
     bin: PathBuf,
     /// Run the server's tools as this user (when the tests run as root).
     as_user: Option<String>,
+    /// Server options beyond the Unix socket (TLS on a loopback port).
+    extra: String,
+    /// The server's port: names its Unix socket too.
+    port: u16,
 }
 
 /// The server's binaries: `$DPSKIT_PG_BIN`, else the newest /usr/lib/postgresql/N/bin.
@@ -64,6 +68,58 @@ fn ids_of(user: &str) -> (u32, u32) {
 impl PgCluster {
     /// initdb + start; waits until the server accepts connections.
     pub fn start() -> PgCluster {
+        let c = PgCluster::init(String::new());
+        c.pg_ctl_start();
+        c
+    }
+
+    /// Also listens on an ephemeral loopback port with TLS only (`hostssl`), its server
+    /// certificate (for localhost and 127.0.0.1) issued by a private CA. Returns the cluster,
+    /// the CA's PEM file and the port.
+    pub fn start_tls() -> (PgCluster, PathBuf, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = PgCluster::init(String::new());
+        let ids = dpskit_rehearsal::emulator::certs::load_or_create(&c.dir.path().join("ca"), &[])
+            .unwrap();
+        let (cert, key) = (
+            c.dir.path().join("server.crt"),
+            c.dir.path().join("server.key"),
+        );
+        std::fs::copy(&ids.server_cert, &cert).unwrap();
+        std::fs::copy(&ids.server_key, &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(user) = &c.as_user {
+            let (uid, gid) = ids_of(user);
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        // TCP connections must use TLS: every `host` rule becomes `hostssl`.
+        let hba = c.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, text).unwrap();
+        c.port = port;
+        c.extra = format!(
+            " -c listen_addresses='127.0.0.1' -c port={port} -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+            cert.display(),
+            key.display()
+        );
+        c.pg_ctl_start();
+        (c, ids.ca_cert, port)
+    }
+
+    fn init(extra: String) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("dpskit-pg")
             .tempdir()
@@ -78,6 +134,8 @@ impl PgCluster {
             dir,
             bin: bin_dir(),
             as_user,
+            extra,
+            port: 5432,
         };
         let pwfile = c.dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
@@ -108,7 +166,6 @@ impl PgCluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        c.pg_ctl_start();
         c
     }
 
@@ -138,8 +195,9 @@ impl PgCluster {
 
     fn pg_ctl_start(&self) {
         let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=60",
-            self.socket_dir().display()
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=60{}",
+            self.socket_dir().display(),
+            self.extra
         );
         let log = self.dir.path().join("server.log");
         let out = self.tool(
@@ -187,8 +245,9 @@ impl PgCluster {
     /// The URL a station file names (no password in it).
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgresql://{USER}@/{db}?host={}",
-            self.socket_dir().display()
+            "postgresql://{USER}@/{db}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port
         )
     }
 
@@ -205,6 +264,7 @@ impl PgCluster {
         c.user(USER)
             .password(PASSWORD)
             .host_path(self.socket_dir())
+            .port(self.port)
             .dbname(db);
         c
     }
