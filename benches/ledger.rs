@@ -70,8 +70,13 @@ fn station_text(name: &str, ledger: &str, ports: &[String]) -> String {
     )
 }
 
-/// Wall time of `stations` × `per` boards, all stations at once.
-fn batch(dir: &Path, stations: usize, per: usize, pg: Option<(&PgCluster, &str)>) -> Duration {
+/// Wall time of `stations` × `per` boards, all stations at once, and how many ended done.
+fn batch(
+    dir: &Path,
+    stations: usize,
+    per: usize,
+    pg: Option<(&PgCluster, &str)>,
+) -> (Duration, usize) {
     let key = dir.join("group.key");
     std::fs::write(&key, GROUP_KEY).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -131,8 +136,7 @@ fn batch(dir: &Path, stations: usize, per: usize, pg: Option<(&PgCluster, &str)>
     for b in &mut boards {
         b.stop();
     }
-    assert_eq!(done, stations * per, "not every board was provisioned");
-    wall
+    (wall, done)
 }
 
 fn main() {
@@ -148,6 +152,7 @@ fn main() {
     let mut pg_alloc = Vec::new();
     let mut sqlite_batch = Vec::new();
     let mut pg_batch = Vec::new();
+    let (mut sqlite_done, mut pg_done) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         let dir = tempfile::tempdir().unwrap();
         let t = LedgerTarget::Sqlite(dir.path().join("alloc.sqlite"));
@@ -158,11 +163,24 @@ fn main() {
         pg_alloc.push(allocations(&vec![t; stations], allocs));
 
         let dir = tempfile::tempdir().unwrap();
-        sqlite_batch.push(batch(dir.path(), 1, stations * per, None));
+        let (wall, done) = batch(dir.path(), 1, stations * per, None);
+        sqlite_batch.push(wall);
+        sqlite_done.push(done);
         let db = format!("batch{r}");
         pg.create_db(&db);
         let dir = tempfile::tempdir().unwrap();
-        pg_batch.push(batch(dir.path(), stations, per, Some((&pg, &db))));
+        let (wall, done) = batch(dir.path(), stations, per, Some((&pg, &db)));
+        pg_batch.push(wall);
+        pg_done.push(done);
+    }
+    // A board whose stub upload missed the loader's deadline on a starved CPU fails and is
+    // finished by the next run (see the batch benchmark); the smoke pass must have none.
+    let total = stations * per;
+    if !benchmarking {
+        assert!(
+            sqlite_done.iter().chain(&pg_done).all(|d| *d == total),
+            "a board was not provisioned"
+        );
     }
     let med = |v: &mut Vec<Duration>| {
         v.sort();
@@ -170,20 +188,23 @@ fn main() {
     };
     let (sa, pa) = (med(&mut sqlite_alloc), med(&mut pg_alloc));
     let (sb, pb) = (med(&mut sqlite_batch), med(&mut pg_batch));
+    let done = |v: &[usize]| format!("{}/{}", v.iter().sum::<usize>(), total * v.len());
     println!(
-        "{:<40} {:>14} {:>16}",
-        "", "allocations/s", "batch wall time"
+        "{:<40} {:>14} {:>16} {:>12}",
+        "", "allocations/s", "batch wall time", "boards done"
     );
     println!(
-        "{:<40} {:>14.0} {:>14.2} s",
+        "{:<40} {:>14.0} {:>14.2} s {:>12}",
         "SQLite, one station",
         allocs as f64 / sa.as_secs_f64(),
-        sb.as_secs_f64()
+        sb.as_secs_f64(),
+        done(&sqlite_done)
     );
     println!(
-        "{:<40} {:>14.0} {:>14.2} s",
+        "{:<40} {:>14.0} {:>14.2} s {:>12}",
         format!("PostgreSQL, {stations} stations on one database"),
         allocs as f64 / pa.as_secs_f64(),
-        pb.as_secs_f64()
+        pb.as_secs_f64(),
+        done(&pg_done)
     );
 }

@@ -401,8 +401,8 @@ impl Ledger {
         let station = self.station.clone();
         let target = self.target.clone();
         self.transact("bringing the schema up to date", Mode::Write, |tx| {
-            let had_rows_before = migrations::current(tx)?;
-            let legacy = if had_rows_before == 0 {
+            let version = migrations::current(tx)?;
+            let legacy = if version == 0 {
                 legacy_schema(tx)?
             } else {
                 None
