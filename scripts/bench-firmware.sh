@@ -5,7 +5,7 @@
 # Needs ESP_QEMU_DIR and root, as scripts/test-firmware.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${ESP_QEMU_DIR:?set ESP_QEMU_DIR to Espressif's QEMU (bin/, rom/)}"
+: "${ESP_QEMU_DIR:?set ESP_QEMU_DIR to the Espressif QEMU folder (bin/, rom/)}"
 ESP_QEMU_DIR=$(cd "$ESP_QEMU_DIR" && pwd); export ESP_QEMU_DIR
 export FIRMWARE_BENCH_ROUNDS="${1:-5}"
 (cd firmware && cargo build --release --locked --target riscv32imc-unknown-none-elf \

@@ -10,3 +10,12 @@ python3 -m pip install --quiet --disable-pip-version-check -r scripts/requiremen
 if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
 fi
+# PostgreSQL's server for the shared-ledger tests and benchmark: each starts a throw-away
+# cluster (initdb + pg_ctl in a temporary folder, Unix socket only). Installed only if missing;
+# the Debian package's own cluster is not used (nor started by this script).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+fi

@@ -303,3 +303,80 @@ fn rom_mode_without_the_stub_reads_first_then_writes_last() {
     assert_eq!(again.count(Outcome::Unchanged), 2, "{}", again.render());
     rig.stop();
 }
+
+#[test]
+fn the_station_passes_ntp_server_and_token_ttl_into_every_board() {
+    let mut rig = Rig::new();
+    rig.spawn(2, &SimBoardConfig::default());
+    let station = rig.station(IDS_SEQ, GATES);
+    let text = std::fs::read_to_string(&station).unwrap().replace(
+        "[dps]\nid_scope = \"0ne0000ABCD\"\n",
+        "[dps]\nid_scope = \"0ne0000ABCD\"\nntp_server = \"time.factory.lan:1123\"\ntoken_ttl = 7200\n",
+    );
+    std::fs::write(&station, text).unwrap();
+    let report = run(&station, &rig.ports());
+    assert_eq!(report.count(Outcome::Done), 2, "{}", report.render());
+    for i in 0..2 {
+        let cfg = dpskit_factory::blob::nvs::decode_image(&rig.config_partition(i)).unwrap();
+        assert_eq!(cfg.ntp_server.as_deref(), Some("time.factory.lan:1123"));
+        assert_eq!(cfg.token_ttl_secs, Some(7200));
+    }
+    // Bad values are station-file problems naming the key (exit 2, nothing touched).
+    let bad = std::fs::read_to_string(&station)
+        .unwrap()
+        .replace("time.factory.lan:1123", "http://pool.ntp.org")
+        .replace("7200", "60");
+    std::fs::write(&station, bad).unwrap();
+    let e = Station::load(&station).unwrap_err().to_string();
+    assert!(e.contains("[dps] ntp_server:"), "{e}");
+    assert!(e.contains("[dps] token_ttl: 60 s"), "{e}");
+    rig.stop();
+}
+
+#[test]
+fn a_board_whose_flash_no_longer_matches_leaves_done() {
+    let mut rig = Rig::new();
+    rig.spawn(1, &SimBoardConfig::default());
+    let station = rig.station(IDS_SEQ, GATES);
+    assert_eq!(run(&station, &rig.ports()).count(Outcome::Done), 1);
+    // Someone rewrote the config partition behind the ledger's back.
+    let part = rig.config_partition(0);
+    let table =
+        dpskit_factory::board::partition::parse(&rig.boards[0].read_flash(0x8000, 0x1000).unwrap())
+            .unwrap();
+    let offset = table.find("dps_cfg").unwrap().offset();
+    let mut changed = part.clone();
+    changed[100] ^= 0xff;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(rig.boards[0].flash_path())
+            .unwrap();
+        f.write_all_at(&changed, offset.into()).unwrap();
+    }
+    rig.boards[0].reset_to_download();
+    let report = run(&station, &rig.ports());
+    let r = &report.results[0];
+    assert_eq!(r.outcome, Outcome::Failed, "{}", report.render());
+    assert!(r.reason.contains("now marks it failed"), "{}", r.reason);
+    let row = &rig.rows()[0];
+    assert_eq!(
+        (row.status, row.verified_md5.as_deref()),
+        (Status::Failed, None)
+    );
+    // --force writes it again, same ID, verified.
+    rig.boards[0].reset_to_download();
+    let report = run_with(
+        &station,
+        &rig.ports(),
+        RunOptions {
+            force: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.count(Outcome::Done), 1, "{}", report.render());
+    assert_eq!(rig.rows()[0].registration_id, "sensor-00001");
+    assert_eq!(check_done_rows_against_flash(&rig), 1);
+    rig.stop();
+}

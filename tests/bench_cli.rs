@@ -239,3 +239,97 @@ fn bad_flags_and_missing_ledgers_exit_2() {
     assert_eq!(out.status.code(), Some(2), "export needs --csv or --json");
     assert!(!rig.ledger_path().exists());
 }
+
+#[test]
+fn csv_export_neutralises_formulas_and_filters() {
+    use dpskit_factory::station::assign::{IdPlan, Mac, Template};
+    use dpskit_factory::station::ledger::{BoardFacts, Ledger};
+    let rig = Rig::new();
+    let station = rig.station(IDS_SEQ, GATES);
+    let s = station.to_str().unwrap();
+    let plan = IdPlan::Template(
+        Template::parse("{prefix}-{seq:05}", "sensor", "test-bench", 1, false).unwrap(),
+    );
+    let l = Ledger::open(&rig.ledger_path(), "test-bench").unwrap();
+    // Strings a board supplies (its app descriptor) end up in the export.
+    for (n, project) in [
+        (1u8, "=HYPERLINK(\"http://x\")"),
+        (2, "@SUM(A1)"),
+        (3, "dpskit-firmware"),
+    ] {
+        let facts = BoardFacts {
+            port: "/dev/ttyX".into(),
+            firmware_project: Some(project.into()),
+            firmware_version: Some("-1+2".into()),
+            ..Default::default()
+        };
+        l.allocate(&Mac([0x34, 0x85, 0x18, 0, 0, n]), &plan, &facts)
+            .unwrap();
+    }
+    drop(l);
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "export", "--csv", "--station", s],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut r = csv::Reader::from_reader(out.stdout.as_slice());
+    let headers = r.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 3);
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (project, version) = (col("firmware_project"), col("firmware_version"));
+    assert_eq!(&rows[0][project], "'=HYPERLINK(\"http://x\")");
+    assert_eq!(&rows[1][project], "'@SUM(A1)");
+    assert_eq!(&rows[2][project], "dpskit-firmware");
+    assert!(rows.iter().all(|r| &r[version] == "'-1+2"));
+    // Filters: status, and a day on which nothing happened.
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "list", "--status", "allocated", "--station", s],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 board(s)"));
+    let out = dpskit(
+        rig.dir.path(),
+        &[
+            "ledger",
+            "export",
+            "--json",
+            "--until",
+            "2001-01-01",
+            "--station",
+            s,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["boards"].as_array().unwrap().len(), 0);
+    assert_eq!(v["filter"]["until"], "2001-01-02T00:00:00Z");
+    let out = dpskit(
+        rig.dir.path(),
+        &["ledger", "list", "--since", "last week", "--station", s],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--since: \"last week\" is not a date"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_broken_ledger_database_exits_3_and_says_what_state_it_is_in() {
+    let rig = Rig::new();
+    let station = rig.station(IDS_SEQ, GATES);
+    std::fs::write(rig.ledger_path(), vec![0x5a; 8192]).unwrap();
+    let s = station.to_str().unwrap();
+    let out = dpskit(rig.dir.path(), &["ledger", "list", "--station", s]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("ledger (SQLite)") && err.contains("not a database"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the ledger is as it was before this step"),
+        "{err}"
+    );
+}

@@ -2,9 +2,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use dpskit_factory::error::CheckFailed;
+use dpskit_factory::error::{CheckFailed, EnvironmentFailed};
 use dpskit_factory::files::write_file;
-use dpskit_factory::station::ledger::{BoardRow, Ledger, Status, EXPORT_COLUMNS};
+use dpskit_factory::station::ledger::{
+    export, BoardRow, Filter, Ledger, LedgerError, LedgerTarget, Status, EXPORT_COLUMNS,
+};
 use dpskit_factory::station::provision::{self, BatchReport, RunOptions};
 use dpskit_factory::station::{self, Station};
 use dpskit_factory::station::{templates, watch};
@@ -19,6 +21,11 @@ pub struct InitArgs {
     /// Overwrite station.toml, manifest.csv and partitions.csv if they exist.
     #[arg(long)]
     pub force: bool,
+    /// Share one PostgreSQL ledger with the factory's other stations
+    /// (postgresql://user@host/db?sslmode=require; no password in it). Without it the
+    /// station keeps its own SQLite ledger and its IDs carry {station}.
+    #[arg(long, value_name = "URL")]
+    pub ledger_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -43,7 +50,7 @@ pub struct ProvisionArgs {
     pub json: bool,
 }
 
-/// Where the ledger is: next to the station file, or named directly.
+/// Where the ledger is: the station file's ([station] ledger or [ledger] url), or a file.
 #[derive(Args, Debug, Clone)]
 pub struct LedgerSource {
     /// The station file whose ledger to read.
@@ -54,15 +61,57 @@ pub struct LedgerSource {
     pub ledger: Option<PathBuf>,
 }
 
+/// Which boards to show.
+#[derive(Args, Debug, Clone)]
+pub struct LedgerFilterArgs {
+    /// Only boards with this status (allocated, writing, done, failed).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only boards given their ID by this station (a shared ledger holds every station's).
+    #[arg(long, value_name = "NAME")]
+    pub station_name: Option<String>,
+    /// Only boards last changed on or after this day (UTC, 2026-03-01) or instant (RFC 3339).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Only boards last changed on or before this day (UTC) or before this instant.
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<String>,
+}
+
+impl LedgerFilterArgs {
+    fn filter(&self) -> Result<Filter> {
+        Ok(Filter {
+            station: self.station_name.clone(),
+            status: self
+                .status
+                .as_deref()
+                .map(Filter::parse_status)
+                .transpose()
+                .map_err(|e| anyhow!(e))?,
+            since: self
+                .since
+                .as_deref()
+                .map(Filter::parse_since)
+                .transpose()
+                .map_err(|e| anyhow!(e))?,
+            until: self
+                .until
+                .as_deref()
+                .map(Filter::parse_until)
+                .transpose()
+                .map_err(|e| anyhow!(e))?,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
     /// One line per board: registration ID, MAC, status.
     List {
         #[command(flatten)]
         source: LedgerSource,
-        /// Only boards with this status (allocated, writing, done, failed).
-        #[arg(long)]
-        status: Option<String>,
+        #[command(flatten)]
+        filter: LedgerFilterArgs,
     },
     /// Everything recorded about one board, with its attempts.
     Show {
@@ -75,6 +124,9 @@ pub enum LedgerCommand {
     Export {
         #[command(flatten)]
         source: LedgerSource,
+        #[command(flatten)]
+        filter: LedgerFilterArgs,
+        /// CSV for spreadsheets (cells that would run as formulas get a leading ').
         #[arg(long, conflicts_with = "json", required_unless_present = "json")]
         csv: bool,
         #[arg(long)]
@@ -83,12 +135,30 @@ pub enum LedgerCommand {
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Copy a station's SQLite ledger into the shared ledger its station file names
+    /// ([ledger] url): every board and its history, refusing conflicts (nothing is copied
+    /// then). Safe to run again.
+    Migrate {
+        /// The station file naming the shared ledger.
+        #[arg(long, default_value = "station.toml", value_name = "FILE")]
+        station: PathBuf,
+        /// The SQLite ledger to copy.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 /// `dpskit init [DIR]`: a commented station.toml, manifest.csv and partitions.csv.
 pub fn init(a: InitArgs) -> Result<()> {
+    let station_toml = match &a.ledger_url {
+        None => templates::STATION_TOML.to_string(),
+        Some(url) => {
+            station::check_pg_url(url).map_err(|e| anyhow!("--ledger-url: {e}"))?;
+            templates::shared_ledger(url)
+        }
+    };
     let files = [
-        ("station.toml", templates::STATION_TOML),
+        ("station.toml", station_toml.as_str()),
         ("manifest.csv", templates::MANIFEST_CSV),
         ("partitions.csv", templates::PARTITIONS_CSV),
     ];
@@ -160,7 +230,7 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
         station.name,
         station.id_scope,
         station.group_key_source,
-        station.ledger_path.display(),
+        station.ledger,
         if a.dry_run {
             " (dry run: not written)"
         } else {
@@ -189,6 +259,12 @@ pub fn provision(a: ProvisionArgs) -> Result<()> {
         provision::run_batch(&station, &ports, opts, stop)?
     };
     print_report(&report, a.json)?;
+    if let Some(fault) = &report.ledger_fault {
+        return Err(EnvironmentFailed(format!(
+            "the ledger failed during the batch ({fault}); boards not recorded as done were not counted as provisioned, and the next run verifies them by MD5 and finishes them"
+        ))
+        .into());
+    }
     let failed = report.failures();
     if failed > 0 {
         return Err(CheckFailed(format!(
@@ -210,31 +286,26 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
 }
 
 fn open_ledger(source: &LedgerSource) -> Result<Ledger> {
-    let path = match &source.ledger {
-        Some(p) => p.clone(),
-        None => station::ledger_location(&source.station)?.ledger_path,
+    let target = match &source.ledger {
+        Some(p) => LedgerTarget::Sqlite(p.clone()),
+        None => {
+            let loc = station::ledger_location(&source.station)?;
+            for w in &loc.warnings {
+                eprintln!("warning: {w}");
+            }
+            loc.ledger
+        }
     };
-    Ledger::open_read_only(&path)
+    Ok(Ledger::open_target_read_only(&target)?)
 }
 
-/// `dpskit ledger list|show|export`.
+/// `dpskit ledger list|show|export|migrate`.
 pub fn ledger(c: LedgerCommand) -> Result<()> {
     match c {
-        LedgerCommand::List { source, status } => {
-            let want = match status.as_deref() {
-                None => None,
-                Some(s) => Some(Status::parse(s).ok_or_else(|| {
-                    anyhow!(
-                        "--status: {s:?} is not a status; use allocated, writing, done or failed"
-                    )
-                })?),
-            };
+        LedgerCommand::List { source, filter } => {
+            let filter = filter.filter()?;
             let ledger = open_ledger(&source)?;
-            let rows: Vec<BoardRow> = ledger
-                .list()?
-                .into_iter()
-                .filter(|r| want.is_none_or(|w| r.status == w))
-                .collect();
+            let rows = ledger.list_filtered(&filter)?;
             print!("{}", render_list(&rows));
             Ok(())
         }
@@ -268,33 +339,23 @@ pub fn ledger(c: LedgerCommand) -> Result<()> {
         }
         LedgerCommand::Export {
             source,
+            filter,
             csv,
             json: _,
             output,
         } => {
+            let filter = filter.filter()?;
             let ledger = open_ledger(&source)?;
-            let rows = ledger.list()?;
+            let rows = ledger.list_filtered(&filter)?;
             let bytes = if csv {
-                let mut w = csv::Writer::from_writer(Vec::new());
-                w.write_record(EXPORT_COLUMNS)?;
-                for r in &rows {
-                    w.write_record(r.fields())?;
-                }
-                w.into_inner().map_err(|e| anyhow!("CSV: {e}"))?
+                export::to_csv(&rows)
             } else {
-                #[derive(serde::Serialize)]
-                struct Export<'a> {
-                    station: &'a str,
-                    exported_at: String,
-                    boards: &'a [BoardRow],
-                }
-                let mut v = serde_json::to_vec_pretty(&Export {
-                    station: ledger.station(),
-                    exported_at: dpskit_factory::station::now_rfc3339(),
-                    boards: &rows,
-                })?;
-                v.push(b'\n');
-                v
+                let name = if ledger.station().is_empty() {
+                    ledger.target()
+                } else {
+                    ledger.station()
+                };
+                export::to_json(name, &filter, &rows)
             };
             match output {
                 Some(path) => {
@@ -308,6 +369,41 @@ pub fn ledger(c: LedgerCommand) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        LedgerCommand::Migrate { station, from } => {
+            let loc = station::ledger_location(&station)?;
+            for w in &loc.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !loc.ledger.is_shared() {
+                bail!("[ledger] url: {} names no shared ledger; add [ledger] url = \"postgresql://…\" to copy {} into it", station.display(), from.display());
+            }
+            let src = Ledger::open_read_only(&from)?;
+            let dst = Ledger::open_target(&loc.ledger, &loc.name)?;
+            match dst.import_from(&src) {
+                Ok(r) => {
+                    println!(
+                        "copied {} board(s) and {} history row(s) from {} into {}; {} board(s) were already there",
+                        r.copied,
+                        r.attempts,
+                        from.display(),
+                        loc.ledger,
+                        r.already
+                    );
+                    Ok(())
+                }
+                Err(LedgerError::Conflicts(list)) => {
+                    eprintln!("{}", LedgerError::Conflicts(list.clone()));
+                    Err(CheckFailed(format!(
+                        "{} conflict(s) between {} and {}; nothing was copied",
+                        list.len(),
+                        from.display(),
+                        loc.ledger
+                    ))
+                    .into())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! How failures leave the process: a check that ran and failed exits 1, bad input exits 2,
-//! an environment that failed (a port that vanished mid-write) exits 3.
+//! the environment (a port that vanished mid-write, a database, a server) failed exits 3.
 
 use std::fmt;
 
@@ -16,18 +16,11 @@ impl fmt::Display for CheckFailed {
 
 impl std::error::Error for CheckFailed {}
 
-/// The environment failed, not the input: the serial line dropped, a device went away.
-/// Exit code 3. The message says what state things were left in.
-#[derive(Debug)]
+/// The environment failed, not the input: the serial line dropped, a database broke, a server
+/// cannot be reached. Exit code 3. The message says what state things were left in.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct EnvironmentFailed(pub String);
-
-impl fmt::Display for EnvironmentFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for EnvironmentFailed {}
 
 /// The exit code for an error returned by a command.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
@@ -35,9 +28,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         return 1;
     }
     let environment = err.chain().any(|e| {
-        e.downcast_ref::<EnvironmentFailed>().is_some()
+        e.is::<EnvironmentFailed>()
             || e.downcast_ref::<crate::board::BoardError>()
                 .is_some_and(|b| b.environment_failed())
+            || e.downcast_ref::<crate::station::ledger::LedgerError>()
+                .is_some_and(|l| l.is_environment())
     });
     if environment {
         3

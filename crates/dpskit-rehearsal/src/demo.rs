@@ -144,7 +144,7 @@ pub fn run(opts: &DemoOptions, mut say: impl FnMut(&str)) -> Result<DemoReport> 
     say(&format!(
         "factory bench: {} board(s) in {provision_ms} ms (ledger {})",
         batch.results.len(),
-        station.ledger_path.display()
+        station.ledger
     ));
 
     let mut journeys: Vec<BoardJourney> = ports

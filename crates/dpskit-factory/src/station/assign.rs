@@ -328,6 +328,14 @@ impl Template {
     }
 
     /// True when the template takes a sequence number from the ledger.
+    /// True when two stations with their own ledgers can never produce the same ID: the
+    /// template holds `{station}` or `{mac}`.
+    pub fn unique_across_stations(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Station | Part::Mac))
+    }
+
     pub fn uses_seq(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Seq { .. }))
     }

@@ -6,11 +6,11 @@
 //! live (an environment variable or a file). Relative paths are relative to the station file.
 
 use super::assign::{IdPlan, Manifest, Template};
+use super::ledger::{LedgerTarget, PgSettings};
 use crate::blob::nvs;
 use crate::blob::roots::{self, RootBundle, RootSource};
 use crate::board::{After, Before};
 use crate::keys::{KeySource, SourceError};
-use anyhow::Result;
 use dpskit_core::config::{self, DEFAULT_DPS_HOST};
 use dpskit_core::{DeviceConfig, DeviceKey, GroupKey, IdScope, RegistrationId};
 use espflash::target::Chip;
@@ -22,7 +22,17 @@ use toml::{Table, Value};
 /// Sections and the keys each may hold; anything else is a typo worth reporting.
 const KNOWN: &[(&str, &[&str])] = &[
     ("station", &["name", "ledger"]),
-    ("dps", &["id_scope", "dps_host"]),
+    ("dps", &["id_scope", "dps_host", "ntp_server", "token_ttl"]),
+    (
+        "ledger",
+        &[
+            "url",
+            "password_env",
+            "password_file",
+            "ca_file",
+            "reconnect_secs",
+        ],
+    ),
     ("group_key", &["env", "file"]),
     ("tls", &["root_cas"]),
     ("partition", &["name", "nvs_size", "table_offset"]),
@@ -114,9 +124,14 @@ pub struct PortSelection {
 pub struct Station {
     pub file: PathBuf,
     pub name: String,
-    pub ledger_path: PathBuf,
+    /// The station's SQLite file, or the factory's shared PostgreSQL ledger.
+    pub ledger: LedgerTarget,
     pub id_scope: IdScope,
     pub dps_host: String,
+    /// `[dps] ntp_server`: where every board sets its clock (None: the firmware's default).
+    pub ntp_server: Option<String>,
+    /// `[dps] token_ttl`: lifetime of the boards' SAS tokens in seconds (None: the default).
+    pub token_ttl_secs: Option<u32>,
     group_key: GroupKey,
     /// Where the group key came from, for messages (never the key).
     pub group_key_source: String,
@@ -139,7 +154,7 @@ impl fmt::Debug for Station {
         f.debug_struct("Station")
             .field("file", &self.file)
             .field("name", &self.name)
-            .field("ledger_path", &self.ledger_path)
+            .field("ledger", &self.ledger)
             .field("id_scope", &self.id_scope)
             .field("group_key", &self.group_key)
             .field("partition", &self.partition)
@@ -152,8 +167,9 @@ impl fmt::Debug for Station {
 impl Station {
     /// Reads and checks the whole file (including the group key, root CAs, manifest and
     /// Wi-Fi password it points to). `Err` is a [`StationError`] listing every problem.
-    pub fn load(path: &Path) -> Result<Station> {
+    pub fn load(path: &Path) -> std::result::Result<Station, StationError> {
         let mut p = Problems::default();
+        let mut warnings = Vec::new();
         let table = read_table(path).map_err(|e| StationError {
             file: path.into(),
             problems: vec![e],
@@ -167,13 +183,9 @@ impl Station {
         if name.is_empty() || name.chars().any(|c| c.is_control()) {
             p.push("[station] name: empty or has control characters; give a short name like \"line-1\"");
         }
-        let ledger_path = dir.join(
-            p.str(&table, "station", "ledger")
-                .unwrap_or_else(|| "ledger.sqlite".into()),
-        );
+        let ledger = ledger_target(&table, &dir, &mut p, &mut warnings);
 
         // [dps]
-        let mut warnings = Vec::new();
         let id_scope = match p.str(&table, "dps", "id_scope") {
             None => {
                 p.push("[dps] id_scope: missing; copy the ID scope from the DPS overview page (like 0ne00ABCDEF)");
@@ -196,6 +208,31 @@ impl Station {
         if let Err(reason) = config::check_dps_host(&dps_host) {
             p.push(format!("[dps] dps_host: {reason}"));
         }
+        let ntp_server = p.str(&table, "dps", "ntp_server");
+        if let Some(Err(reason)) = ntp_server.as_deref().map(config::split_host_port) {
+            p.push(format!("[dps] ntp_server: {reason}"));
+        }
+        let token_ttl_secs = p
+            .int(
+                &table,
+                "dps",
+                "token_ttl",
+                "give the token lifetime in seconds, e.g. 3600",
+            )
+            .and_then(|ttl| {
+                let range = config::MIN_TOKEN_TTL_SECS..=config::MAX_TOKEN_TTL_SECS;
+                match u32::try_from(ttl) {
+                    Ok(t) if range.contains(&t) => Some(t),
+                    _ => {
+                        p.push(format!(
+                            "[dps] token_ttl: {ttl} s; use {} s (renewal comes 120 s before expiry) to {} s (a year)",
+                            range.start(),
+                            range.end()
+                        ));
+                        None
+                    }
+                }
+            });
 
         // [group_key]: named by where it lives, never the key itself.
         let (group_key, group_key_source) = match group_key(&table, &dir, &mut p, &mut warnings) {
@@ -269,8 +306,8 @@ impl Station {
                     dps_host: dps_host.clone(),
                     wifi_ssid: wifi_ssid.clone(),
                     wifi_password: wifi_password.clone(),
-                    ntp_server: None,
-                    token_ttl_secs: None,
+                    ntp_server: ntp_server.clone(),
+                    token_ttl_secs,
                 };
                 if let Err(e) = nvs::build_image(&cfg, *size) {
                     p.push(e.to_string().replace("--size", "[partition] nvs_size"));
@@ -282,20 +319,29 @@ impl Station {
             return Err(StationError {
                 file: path.into(),
                 problems: p.0,
-            }
-            .into());
+            });
         }
-        let (Some(id_scope), Some(group_key), Some(roots), Ok(nvs_size), Some(ids)) =
-            (id_scope, group_key, roots, nvs_size, ids)
+        if let (Some(IdPlan::Template(t)), Some(LedgerTarget::Sqlite(_))) = (&ids, &ledger) {
+            if !t.unique_across_stations() {
+                warnings.push(format!(
+                    "[ids] template: {:?} has neither {{station}} nor {{mac}}, so a second station with its own ledger hands out the same IDs (two boards, one IoT Hub identity); add {{station}} to the template, or share one ledger between the stations ([ledger] url)",
+                    t.text
+                ));
+            }
+        }
+        let (Some(id_scope), Some(group_key), Some(roots), Ok(nvs_size), Some(ids), Some(ledger)) =
+            (id_scope, group_key, roots, nvs_size, ids, ledger)
         else {
             unreachable!("every missing piece was reported as a problem")
         };
         Ok(Station {
             file: path.into(),
             name,
-            ledger_path,
+            ledger,
             id_scope,
             dps_host,
+            ntp_server,
+            token_ttl_secs,
             group_key,
             group_key_source,
             roots,
@@ -327,44 +373,184 @@ impl Station {
             dps_host: self.dps_host.clone(),
             wifi_ssid: self.wifi_ssid.clone(),
             wifi_password: self.wifi_password.clone(),
-            ntp_server: None,
-            token_ttl_secs: None,
+            ntp_server: self.ntp_server.clone(),
+            token_ttl_secs: self.token_ttl_secs,
         }
     }
 }
 
-/// Just the station name and ledger path: what the audit commands need, without the group
-/// key (an auditor need not have it).
+/// Just the station name and ledger: what the audit commands need, without the group key
+/// (an auditor need not have it).
 #[derive(Debug, Clone)]
 pub struct LedgerLocation {
     pub name: String,
-    pub ledger_path: PathBuf,
+    pub ledger: LedgerTarget,
+    /// Things worth telling the operator (a password file others can read).
+    pub warnings: Vec<String>,
 }
 
-/// Reads `[station]` only.
-pub fn ledger_location(path: &Path) -> Result<LedgerLocation> {
+/// Reads `[station]` and `[ledger]` only.
+pub fn ledger_location(path: &Path) -> std::result::Result<LedgerLocation, StationError> {
     let table = read_table(path).map_err(|e| StationError {
         file: path.into(),
         problems: vec![e],
     })?;
     let mut p = Problems::default();
+    let mut warnings = Vec::new();
     let name = p
         .str(&table, "station", "name")
         .unwrap_or_else(|| "station".into());
-    let ledger = p
-        .str(&table, "station", "ledger")
-        .unwrap_or_else(|| "ledger.sqlite".into());
-    if !p.0.is_empty() {
-        return Err(StationError {
+    let ledger = ledger_target(&table, &base_dir(path), &mut p, &mut warnings);
+    match ledger {
+        Some(ledger) if p.0.is_empty() => Ok(LedgerLocation {
+            name,
+            ledger,
+            warnings,
+        }),
+        _ => Err(StationError {
             file: path.into(),
             problems: p.0,
-        }
-        .into());
+        }),
     }
-    Ok(LedgerLocation {
-        name,
-        ledger_path: base_dir(path).join(ledger),
-    })
+}
+
+/// `[station] ledger` (a SQLite file, the default) or `[ledger] url` (a shared PostgreSQL),
+/// with the password from `password_env` or `password_file` — never from the URL.
+fn ledger_target(
+    t: &Table,
+    dir: &Path,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<LedgerTarget> {
+    let file = p.str(t, "station", "ledger");
+    let Some(url) = p.str(t, "ledger", "url") else {
+        for key in ["password_env", "password_file", "ca_file", "reconnect_secs"] {
+            if p.get(t, "ledger", key).is_some() {
+                p.push(format!("[ledger] {key}: set without url; add url = \"postgresql://user@host/db?sslmode=require\" or remove [ledger]"));
+            }
+        }
+        return Some(LedgerTarget::Sqlite(
+            dir.join(file.unwrap_or_else(|| "ledger.sqlite".into())),
+        ));
+    };
+    let before = p.0.len();
+    if file.is_some() {
+        p.push("[station] ledger: set together with [ledger] url; a station uses one ledger, so remove one of them");
+    }
+    if let Err(why) = check_pg_url(&url) {
+        p.push(format!("[ledger] url: {why}"));
+    }
+    let password = match (
+        p.str(t, "ledger", "password_env"),
+        p.str(t, "ledger", "password_file"),
+    ) {
+        (Some(_), Some(_)) => {
+            p.push("[ledger]: both password_env and password_file are set; keep exactly one");
+            None
+        }
+        (Some(name), None) => match std::env::var(&name) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                p.push(format!("[ledger] password_env: the environment variable {name} is not set; export it with the ledger user's password, or use password_file = PATH"));
+                None
+            }
+        },
+        (None, Some(f)) => {
+            let path = dir.join(f);
+            match KeySource::File(path.clone()).read("[ledger] password_file") {
+                Ok(s) => {
+                    warnings.extend(s.warning);
+                    Some(s.text.trim_end_matches(['\r', '\n']).to_string())
+                }
+                Err(SourceError::File { source, .. }) => {
+                    p.push(format!("[ledger] password_file: cannot read {} ({source}); give a file holding only the password (mode 0600)", path.display()));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("[ledger] password_file: {e}"));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let ca_file = p.str(t, "ledger", "ca_file").map(|f| dir.join(f));
+    let reconnect = p.int(
+        t,
+        "ledger",
+        "reconnect_secs",
+        "give how long a lost connection is retried, in seconds (default 60)",
+    );
+    if p.0.len() > before {
+        return None;
+    }
+    let mut settings = PgSettings::new(url, password);
+    settings.ca_file = ca_file;
+    if let Some(secs) = reconnect {
+        settings.reconnect_window = std::time::Duration::from_secs(secs as u64);
+    }
+    Some(LedgerTarget::Postgres(settings))
+}
+
+/// A PostgreSQL URL dpskit accepts: no password inside (it would sit in a plain file and in
+/// every message), and TLS (`sslmode=require` or `verify-*`) to any server that is not on
+/// this machine. Never echoes the URL: it may hold the password.
+pub fn check_pg_url(url: &str) -> std::result::Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+    else {
+        return Err("must start with postgresql:// (like postgresql://dpskit@db.factory.lan/ledger?sslmode=require)".into());
+    };
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, q),
+        None => (rest, ""),
+    };
+    let authority = authority.split('/').next().unwrap_or("");
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    if userinfo.is_some_and(|u| u.contains(':')) || params.iter().any(|(k, _)| *k == "password") {
+        return Err("holds a password; never put it in the station file — remove it from the URL and set password_env or password_file (mode 0600)".into());
+    }
+    let mut hosts: Vec<&str> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if let Some(v6) = h.strip_prefix('[') {
+                v6.split(']').next().unwrap_or("")
+            } else {
+                h.split(':').next().unwrap_or("")
+            }
+        })
+        .collect();
+    hosts.extend(
+        params
+            .iter()
+            .filter(|(k, _)| *k == "host")
+            .flat_map(|(_, v)| v.split(',')),
+    );
+    let local = |h: &str| {
+        h.is_empty()
+            || h.starts_with('/')
+            || h.starts_with("%2F")
+            || h.starts_with("%2f")
+            || h == "localhost"
+            || h == "::1"
+            || h.starts_with("127.")
+    };
+    let tls = params
+        .iter()
+        .any(|(k, v)| *k == "sslmode" && matches!(*v, "require" | "verify-ca" | "verify-full"));
+    if !hosts.iter().all(|h| local(h)) && !tls {
+        return Err("a server on another host needs TLS (the ledger crosses the network); add ?sslmode=require to the URL (and [ledger] ca_file if the server's CA is private)".into());
+    }
+    Ok(())
 }
 
 fn base_dir(path: &Path) -> PathBuf {

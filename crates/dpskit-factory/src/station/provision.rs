@@ -7,152 +7,27 @@
 //! ledger. The group key stays in this process's memory: it is never logged, never stored.
 
 use super::assign::Mac;
+use super::decide::{self, check_gates, config_partition, Action, Refusal};
 pub use super::discover::discover_ports;
-use super::discover::{natural_key, short_port};
-use super::file::{Gates, Station, Version};
-use super::ledger::{AllocError, Attempt, BoardFacts, Ledger, Status};
+use super::discover::natural_key;
+use super::file::Station;
+use super::ledger::{Attempt, BoardFacts, Ledger, LedgerError, Status};
 use super::now_rfc3339;
+use super::progress::BenchUi;
+pub use super::report::{BatchReport, BoardResult, Outcome};
 use crate::blob::nvs;
-use crate::board::inspect::{self, BoardReport, ConfigState, Expectations};
+use crate::board::inspect::{self, ConfigState, Expectations};
 use crate::board::progress::BarProgress;
 use crate::board::{write, BoardLink, LinkOptions};
 use anyhow::{anyhow, bail, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use md5::Md5;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// What happened to one board.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Written and MD5-verified in this run (or found holding exactly its image, verified).
-    Done,
-    /// Already provisioned and intact; nothing written.
-    Unchanged,
-    /// `--dry-run`: passed every gate and would be written.
-    WouldWrite,
-    /// Failed a gate; no ID was given.
-    Refused,
-    /// Something went wrong; see the reason. A re-run picks it up.
-    Failed,
-    /// Never started (interrupted).
-    Skipped,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::Unchanged => "unchanged",
-            Outcome::WouldWrite => "would write",
-            Outcome::Refused => "refused",
-            Outcome::Failed => "FAILED",
-            Outcome::Skipped => "skipped",
-        }
-    }
-
-    /// Whether the run as a whole may still exit 0.
-    pub fn is_success(self) -> bool {
-        matches!(
-            self,
-            Outcome::Done | Outcome::Unchanged | Outcome::WouldWrite
-        )
-    }
-}
-
-/// One row of the final table.
-#[derive(Debug, Clone, Serialize)]
-pub struct BoardResult {
-    pub port: String,
-    pub mac: Option<String>,
-    pub registration_id: Option<String>,
-    pub outcome: Outcome,
-    /// Why it was refused or failed, or a note on success.
-    pub reason: String,
-    pub duration_ms: u64,
-    /// Milliseconds spent in each stage, in order (connect, inspect, allocate, build, check,
-    /// write, reset): where a slow bench loses its time.
-    pub stages_ms: Vec<(&'static str, u64)>,
-}
-
-/// Everything a batch did.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchReport {
-    pub station: String,
-    pub dry_run: bool,
-    pub results: Vec<BoardResult>,
-    pub elapsed_ms: u64,
-}
-
-impl BatchReport {
-    pub fn count(&self, o: Outcome) -> usize {
-        self.results.iter().filter(|r| r.outcome == o).count()
-    }
-
-    /// Boards that did not end done/unchanged/would-write.
-    pub fn failures(&self) -> usize {
-        self.results
-            .iter()
-            .filter(|r| !r.outcome.is_success())
-            .count()
-    }
-
-    /// The final table: port, MAC, registration ID, result, reason; then the totals.
-    pub fn render(&self) -> String {
-        let headers = ["PORT", "MAC", "REGISTRATION ID", "RESULT", "REASON"];
-        let rows: Vec<[String; 5]> = self
-            .results
-            .iter()
-            .map(|r| {
-                [
-                    r.port.clone(),
-                    r.mac.clone().unwrap_or_else(|| "-".into()),
-                    r.registration_id.clone().unwrap_or_else(|| "-".into()),
-                    r.outcome.as_str().into(),
-                    r.reason.clone(),
-                ]
-            })
-            .collect();
-        let mut s = crate::table::render(&headers, &rows);
-        let mut totals: Vec<String> = Vec::new();
-        for o in [
-            Outcome::Done,
-            Outcome::Unchanged,
-            Outcome::WouldWrite,
-            Outcome::Refused,
-            Outcome::Failed,
-            Outcome::Skipped,
-        ] {
-            let n = self.count(o);
-            if n > 0 {
-                totals.push(format!("{n} {}", o.as_str().to_lowercase()));
-            }
-        }
-        s += &format!(
-            "\n{} board{}: {} in {:.1} s{}\n",
-            self.results.len(),
-            if self.results.len() == 1 { "" } else { "s" },
-            if totals.is_empty() {
-                "nothing to do".into()
-            } else {
-                totals.join(", ")
-            },
-            self.elapsed_ms as f64 / 1000.0,
-            if self.dry_run {
-                " (dry run: nothing written, no ledger change)"
-            } else {
-                ""
-            }
-        );
-        s
-    }
-}
 
 /// How to run a batch.
 #[derive(Debug, Clone, Default)]
@@ -170,55 +45,42 @@ pub struct Bench<'a> {
     pub station: &'a Station,
     ledger: Mutex<Ledger>,
     opts: RunOptions,
-    multi: MultiProgress,
-    overall: ProgressBar,
+    ui: BenchUi,
     stop: &'a AtomicBool,
     results: Mutex<Vec<BoardResult>>,
+    /// The first failure of the ledger's database in this batch (exit code 3).
+    ledger_fault: Mutex<Option<String>>,
     started: Instant,
 }
 
 impl<'a> Bench<'a> {
-    /// Opens the station's ledger (or, for a dry run, an in-memory copy of it).
-    pub fn new(station: &'a Station, opts: RunOptions, stop: &'a AtomicBool) -> Result<Bench<'a>> {
+    /// Opens the station's ledger (or, for a dry run, an in-memory copy of it). A shared
+    /// ledger that cannot be reached stops the station here.
+    pub fn new(
+        station: &'a Station,
+        opts: RunOptions,
+        stop: &'a AtomicBool,
+    ) -> Result<Bench<'a>, LedgerError> {
         let ledger = if opts.dry_run {
-            Ledger::dry_run_copy(&station.ledger_path, &station.name)?
+            Ledger::dry_run_copy(&station.ledger, &station.name)?
         } else {
-            Ledger::open(&station.ledger_path, &station.name)?
+            Ledger::open_target(&station.ledger, &station.name)?
         };
-        let target = if opts.progress {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let multi = MultiProgress::with_draw_target(target);
-        let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>14} [{bar:30}] {pos}/{len} boards  {elapsed}  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("## "),
-        );
-        overall.set_prefix("batch");
         Ok(Bench {
             station,
             ledger: Mutex::new(ledger),
+            ui: BenchUi::new(opts.progress),
             opts,
-            multi,
-            overall,
             stop,
             results: Mutex::new(Vec::new()),
+            ledger_fault: Mutex::new(None),
             started: Instant::now(),
         })
     }
 
     /// Prints a line above the bars (or plainly on stderr when there are none).
     pub fn log(&self, line: &str) {
-        if self.multi.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            let _ = self.multi.println(line);
-        }
+        self.ui.log(line);
     }
 
     /// True once Ctrl-C was pressed: no new board starts.
@@ -228,18 +90,12 @@ impl<'a> Bench<'a> {
 
     /// Adds `n` boards to the overall bar's length.
     pub fn expect_boards(&self, n: u64) {
-        self.overall.inc_length(n);
+        self.ui.expect_boards(n);
     }
 
     /// Runs one board start to end; never panics the batch, always yields a result.
     pub fn provision_port(&self, port: &str) -> BoardResult {
-        let bar = self.multi.insert_before(&self.overall, ProgressBar::new(0));
-        // Text only until the write, whose chunks then fill a bar (BarProgress's style).
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>14} {elapsed:>3} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(short_port(port));
+        let bar = self.ui.board(port);
         let start = Instant::now();
         let mut st = State::default();
         let mut link = None;
@@ -265,11 +121,13 @@ impl<'a> Bench<'a> {
                 if let Some(r) = e.downcast_ref::<Refusal>() {
                     (Outcome::Refused, r.0.clone())
                 } else {
+                    self.note_ledger_fault(&e);
                     if let (true, Some(mac)) = (st.owns_row, &st.mac) {
                         if let Err(le) = self.lock().mark_failed(mac, &reason) {
                             self.log(&format!(
                                 "{port}: could not record the failure in the ledger: {le:#}"
                             ));
+                            self.note_ledger_fault(&le.into());
                         }
                     }
                     (Outcome::Failed, reason)
@@ -299,6 +157,7 @@ impl<'a> Bench<'a> {
             self.log(&format!(
                 "{port}: could not record the attempt in the ledger: {e:#}"
             ));
+            self.note_ledger_fault(&e.into());
         }
         let label = match (&result.registration_id, &result.mac) {
             (Some(id), Some(mac)) => format!("{id} ({mac})"),
@@ -312,10 +171,7 @@ impl<'a> Bench<'a> {
         if !result.reason.is_empty() {
             text = format!("{text}: {}", result.reason);
         }
-        bar.finish_with_message(text.clone());
-        self.multi.remove(&bar);
-        self.log(&format!("{port}: {text}"));
-        self.overall.inc(1);
+        self.ui.board_finished(port, &bar, text);
         self.results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -325,7 +181,7 @@ impl<'a> Bench<'a> {
 
     /// Records a board that was never started.
     pub fn skip(&self, port: &str, why: &str) {
-        self.overall.inc(1);
+        self.ui.board_skipped();
         self.results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -342,7 +198,7 @@ impl<'a> Bench<'a> {
 
     /// The report so far, in port order.
     pub fn report(&self) -> BatchReport {
-        self.overall.finish_and_clear();
+        self.ui.finish();
         let mut results = self
             .results
             .lock()
@@ -354,6 +210,23 @@ impl<'a> Bench<'a> {
             dry_run: self.opts.dry_run,
             results,
             elapsed_ms: self.started.elapsed().as_millis() as u64,
+            ledger_fault: self
+                .ledger_fault
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Remembers the first failure of the ledger's database (not a plan refusal).
+    fn note_ledger_fault(&self, e: &anyhow::Error) {
+        if let Some(le) = e.downcast_ref::<LedgerError>() {
+            if le.is_environment() {
+                self.ledger_fault
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| le.to_string());
+            }
         }
     }
 
@@ -456,12 +329,13 @@ impl<'a> Bench<'a> {
             partition: Some(s.partition.clone()),
             partition_offset: Some(part_offset),
         };
-        let alloc = self.lock().allocate(&mac, &s.ids, &facts).map_err(|e| {
-            match e.downcast::<AllocError>() {
-                Ok(a) => anyhow!("no registration ID: {a}"),
-                Err(e) => e,
-            }
-        })?;
+        let alloc = self
+            .lock()
+            .allocate(&mac, &s.ids, &facts)
+            .map_err(|e| match e {
+                LedgerError::Alloc(a) => anyhow!("no registration ID: {a}"),
+                e => e.into(),
+            })?;
         let id = alloc.registration_id.clone();
         st.id = Some(id.to_string());
         let was_done = alloc.status == Status::Done;
@@ -486,36 +360,37 @@ impl<'a> Bench<'a> {
             None => hex::encode(link.md5(part_offset, part_size)?),
         };
         st.link_ok = true;
-        if was_done && !self.opts.force {
-            let recorded = alloc.verified_md5.as_deref().unwrap_or_default();
-            if on_board == recorded {
-                let note = if alloc.image_sha256.as_deref() != Some(sha.as_str()) {
-                    "already provisioned; the station config changed since (--force rewrites it)"
-                } else {
-                    "already provisioned and verified by MD5; nothing written"
-                };
-                return Ok((Outcome::Unchanged, note.into()));
+        let facts = decide::Facts {
+            was_done,
+            recorded_md5: alloc.verified_md5.as_deref(),
+            recorded_sha: alloc.image_sha256.as_deref(),
+            on_board: &on_board,
+            md5: &md5,
+            sha: &sha,
+            force: self.opts.force,
+            dry_run: self.opts.dry_run,
+        };
+        match decide::action(&facts, &s.partition, id.as_str()) {
+            Action::Unchanged(note) => return Ok((Outcome::Unchanged, note.into())),
+            Action::Reverify(why) => {
+                // The board no longer holds what the ledger says: out of `done` (the error
+                // path records the failure on the row).
+                st.owns_row = !self.opts.dry_run;
+                bail!(why);
             }
-            bail!(
-                "the ledger says done, but {} no longer holds the image recorded for {id} (board MD5 {on_board}, ledger {recorded}); check the board, then re-run with --force to write it again with the same ID",
-                s.partition
-            );
-        }
-        if on_board == md5 && !self.opts.force {
-            // The image is already there (e.g. a run died between writing and recording):
-            // the board's own MD5 just verified it, so record it without rewriting.
-            let note = "image already on the board (verified by MD5); recorded without rewriting";
-            if self.opts.dry_run {
+            Action::WouldWrite(note) => return Ok((Outcome::WouldWrite, note.into())),
+            Action::RecordOnly => {
+                // The image is already there (e.g. a run died between writing and
+                // recording): the board's own MD5 just verified it, so record it without
+                // rewriting.
+                self.lock().mark_done(&mac, &sha, &md5)?;
                 return Ok((
-                    Outcome::WouldWrite,
-                    "image already on the board; would only record it".into(),
+                    Outcome::Done,
+                    "image already on the board (verified by MD5); recorded without rewriting"
+                        .into(),
                 ));
             }
-            self.lock().mark_done(&mac, &sha, &md5)?;
-            return Ok((Outcome::Done, note.into()));
-        }
-        if self.opts.dry_run {
-            return Ok((Outcome::WouldWrite, String::new()));
+            Action::Write => {}
         }
 
         self.lock().mark_writing(&mac, &sha)?;
@@ -569,118 +444,6 @@ impl State {
     }
 }
 
-/// A gate refused the board (no ID was handed out).
-#[derive(Debug)]
-pub struct Refusal(pub String);
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refusal {}
-
-/// Every gate the board fails, each saying what was found and what the station requires.
-pub fn check_gates(g: &Gates, r: &BoardReport) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(chip) = g.chip {
-        if r.chip != chip.to_string() {
-            out.push(format!(
-                "chip: the board is an {}, the station requires an {chip} ([gates] chip)",
-                r.chip
-            ));
-        }
-    }
-    if let Some(min) = g.min_psram_mb {
-        match &r.embedded {
-            Some(m) if m.psram_mb >= min => {}
-            Some(m) => out.push(format!(
-                "PSRAM: {} MB in the package, the station requires at least {min} MB ([gates] min_psram_mb)",
-                m.psram_mb
-            )),
-            None => out.push(format!("PSRAM: unknown on an {}, the station requires at least {min} MB ([gates] min_psram_mb)", r.chip)),
-        }
-    }
-    if let Some(min) = g.min_flash_mb {
-        match flash_mb(&r.flash_size) {
-            Some(mb) if mb >= min as f64 => {}
-            Some(_) => out.push(format!("flash: {}, the station requires at least {min} MB ([gates] min_flash_mb)", r.flash_size)),
-            None => out.push(format!("flash: size {:?} unknown, the station requires at least {min} MB ([gates] min_flash_mb)", r.flash_size)),
-        }
-    }
-    if g.firmware_project.is_some() || g.min_firmware_version.is_some() {
-        match r.app.as_ref().map(|a| &a.descriptor) {
-            None => out.push("firmware: no app partition found; flash the product firmware first ([gates] firmware_project)".into()),
-            Some(Err(e)) => out.push(format!("firmware: {e} ([gates] firmware_project)")),
-            Some(Ok(d)) => {
-                if let Some(want) = &g.firmware_project {
-                    if &d.project_name != want {
-                        out.push(format!(
-                            "firmware: project {:?}, the station expects {want:?}; flash the product firmware first ([gates] firmware_project)",
-                            d.project_name
-                        ));
-                    }
-                }
-                if let Some(min) = &g.min_firmware_version {
-                    match Version::parse(&d.version) {
-                        Some(v) if v.at_least(min) => {}
-                        Some(_) => out.push(format!(
-                            "firmware: version {} is older than {min}; update the firmware first ([gates] min_firmware_version)",
-                            d.version
-                        )),
-                        None => out.push(format!(
-                            "firmware: version {:?} is not a version number, the station requires at least {min} ([gates] min_firmware_version)",
-                            d.version
-                        )),
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// "4MB" / "512KB" as MB.
-fn flash_mb(s: &str) -> Option<f64> {
-    if let Some(n) = s.strip_suffix("MB") {
-        n.parse::<f64>().ok()
-    } else {
-        s.strip_suffix("KB")
-            .and_then(|n| n.parse::<f64>().ok())
-            .map(|k| k / 1024.0)
-    }
-}
-
-/// The config partition's (offset, size), or why the board cannot take this station's blob.
-fn config_partition(
-    r: &BoardReport,
-    name: &str,
-    nvs_size: usize,
-) -> std::result::Result<(u32, u32), String> {
-    let rows = r
-        .partitions
-        .as_ref()
-        .map_err(|e| format!("partition table: {e}"))?;
-    if let Some(ConfigState::Missing { reason, .. }) = &r.config {
-        return Err(format!(
-            "[partition] name: {}",
-            reason.trim_start_matches("--partition: ")
-        ));
-    }
-    let p = rows
-        .iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| format!("no partition {name:?} on the board; flash a partition table with it (templates/partitions.csv)"))?;
-    if (p.size as usize) < nvs_size {
-        return Err(format!(
-            "partition {name:?} is {:#x} bytes, smaller than [partition] nvs_size {nvs_size:#x}; set nvs_size to {:#x} or reflash the table",
-            p.size, p.size
-        ));
-    }
-    Ok((p.offset, p.size))
-}
-
 /// An error as one line: its chain joined, with no newlines.
 fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
@@ -693,7 +456,7 @@ pub fn run_batch(
     ports: &[String],
     opts: RunOptions,
     stop: &AtomicBool,
-) -> Result<BatchReport> {
+) -> Result<BatchReport, LedgerError> {
     let bench = Bench::new(station, opts, stop)?;
     bench.expect_boards(ports.len() as u64);
     let queue = Mutex::new(ports.iter().cloned().collect::<VecDeque<_>>());
@@ -716,15 +479,4 @@ pub fn run_batch(
         }
     });
     Ok(bench.report())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flash_sizes() {
-        assert_eq!(flash_mb("4MB"), Some(4.0));
-        assert_eq!(flash_mb("512KB"), Some(0.5));
-    }
 }

@@ -4,8 +4,8 @@
 //! finish, and returns the summary.
 
 use super::file::{PortSelection, Station};
+use super::ledger::LedgerError;
 use super::provision::{discover_ports, BatchReport, Bench, RunOptions};
-use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,7 +33,7 @@ pub fn run_watch(
     opts: RunOptions,
     stop: &AtomicBool,
     poll: Duration,
-) -> Result<BatchReport> {
+) -> Result<BatchReport, LedgerError> {
     let bench = Bench::new(station, opts, stop)?;
     let selection = if explicit.is_empty() {
         station.ports.clone()
