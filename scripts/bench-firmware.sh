@@ -13,8 +13,8 @@ export FIRMWARE_BENCH_ROUNDS="${1:-5}"
   && cargo build --release --locked --target riscv32imac-unknown-none-elf --features esp32c6)
 export DPSKIT_FIRMWARE_ELF="$PWD/firmware/target/riscv32imc-unknown-none-elf/release/dpskit-firmware"
 echo "== ESP32-C3 (QEMU build: open_eth, 96 KB of RAM standing in for PSRAM)"
-firmware/scripts/size-check.sh "$DPSKIT_FIRMWARE_ELF" --ram-budget 200000 | tail -4
+firmware/scripts/size-check.sh "$DPSKIT_FIRMWARE_ELF" --ram-budget 200000 | grep -E "static RAM|flash \(app"
 echo "== ESP32-C6 (Wi-Fi build)"
-firmware/scripts/size-check.sh | tail -4
+firmware/scripts/size-check.sh | grep -E "static RAM|flash \(app"
 cargo bench --features firmware-e2e --bench firmware --no-run
 unshare --net -- sh -c 'ip link set lo up && exec cargo bench --offline --features firmware-e2e --bench firmware'
