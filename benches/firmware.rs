@@ -45,8 +45,7 @@ fn main() {
                 emu.events_of("telemetry").into_iter().rev().find_map(|t| {
                     let b: serde_json::Value =
                         serde_json::from_str(t["body"].as_str().unwrap_or("{}")).ok()?;
-                    (t["device"] == id.as_str()
-                        && b["peakPsram"].as_u64().unwrap_or(0) > 16 * 1024)
+                    (t["device"] == id.as_str() && b["peakPsram"].as_u64().unwrap_or(0) > 16 * 1024)
                         .then_some(b)
                 })
             },
